@@ -1,0 +1,442 @@
+"""Verify and install bundle files: the I/O around ``verify.verify_metadata``.
+
+Install is atomic. The payload is hashed while it is copied into a private staging folder on
+the same filesystem, every file and folder is fsynced, the folder is renamed into
+``bundles/NAME/VERSION``, and only then one SQLite transaction records it and switches the
+active version. A crash at any instant leaves the old version active and intact; what a crash
+leaves behind (a staging folder, a renamed folder with no record) is removed by ``recover``,
+which every operation runs first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import sqlite_utils
+
+from appliance import __version__
+from appliance.bundles import archive, records, trust
+from appliance.bundles.keys import PublicKey
+from appliance.bundles.manifest import Manifest, digest, parse_timestamp
+from appliance.bundles.payload import Progress, check_declared_size, hash_member
+from appliance.bundles.verify import TrustSnapshot, VerifiedManifest, VerifyContext, verify_metadata
+from appliance.errors import (
+    ApplianceError,
+    BundleError,
+    BundleNotFoundError,
+    ExpiredBundleError,
+    MalformedBundleError,
+    PayloadError,
+    RevokedError,
+    RollbackError,
+)
+from appliance.fsutil import fsync_dir, make_read_only, remove_tree
+from appliance.home import Home
+from appliance.settings import Settings, load_settings
+from appliance.state import open_state, write_transaction
+
+ACTIVATABLE_KINDS = ("model", "policy", "adapter")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an install or verify did, for the CLI to print."""
+
+    action: str  # "installed", "already-installed", "verified"
+    name: str
+    version: str
+    sequence: int
+    kind: str
+    digest: str
+    signers: tuple[str, ...]
+    files: int
+    size: int  # bytes
+    active: bool
+    seconds: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "name": self.name,
+            "version": self.version,
+            "sequence": self.sequence,
+            "kind": self.kind,
+            "digest": self.digest,
+            "signers": list(self.signers),
+            "files": self.files,
+            "size": self.size,
+            "active": self.active,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class _Opened:
+    file: BinaryIO
+    members: dict[str, archive.Member]
+    verified: VerifiedManifest
+
+
+class BundleManager:
+    """Installed bundles of one APPLIANCE_HOME: verify, install, activate, roll back, list."""
+
+    def __init__(
+        self,
+        home: Home,
+        settings: Settings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.home = home.ensure()
+        self.settings = settings if settings is not None else load_settings(home.config_file)
+        self.limits = self.settings.bundles.limits
+        self._clock = clock
+        self.db: sqlite_utils.Database = open_state(home)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- locking and recovery -------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One installer at a time per home (across processes)."""
+        with open(self.home.bundles_dir / ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                self._recover()
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _recover(self) -> None:
+        """Remove what an interrupted install left: staging folders and unrecorded versions."""
+        trust.recover(self.home)
+        for leftover in self.home.staging_dir.iterdir():
+            remove_tree(leftover)
+        recorded = {(b.name, b.version) for b in records.query(self.db)}
+        for name_dir in self.home.bundles_dir.iterdir():
+            if not name_dir.is_dir() or name_dir.name.startswith("."):
+                continue
+            for version_dir in name_dir.iterdir():
+                if (name_dir.name, version_dir.name) not in recorded:
+                    remove_tree(version_dir)
+
+    # -- verification ----------------------------------------------------------------------
+
+    def trust_snapshot(self) -> TrustSnapshot:
+        store = trust.load_store(self.home)
+        return TrustSnapshot(
+            keys=store.keys,
+            threshold=store.threshold,
+            revoked_keys=records.revoked_keys(self.db),
+            revoked_bundles=records.revoked_bundles(self.db),
+        )
+
+    def effective_now(self) -> datetime:
+        """The wall clock, but never earlier than the newest bundle installed (clock floor)."""
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        newest = records.newest_created(self.db)
+        if newest is not None:
+            now = max(now, parse_timestamp(newest))
+        return now
+
+    def _context(self) -> VerifyContext:
+        return VerifyContext(
+            now=self.effective_now(),
+            runtime_version=__version__,
+            sequence_floors=records.sequence_floors(self.db),
+            limits=self.limits,
+        )
+
+    def _open(self, path: Path, stack: list[BinaryIO]) -> _Opened | records.InstalledBundle:
+        """Scan and verify a bundle's metadata; an identical installed bundle is returned as is."""
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed by the caller through `stack`
+        except FileNotFoundError as e:
+            raise BundleError(f"bundle file {path} does not exist") from e
+        except OSError as e:
+            raise BundleError(f"cannot read bundle file {path}: {e.strerror}") from e
+        stack.append(f)
+        if not os.path.isfile(path):
+            raise MalformedBundleError(f"{path} is not a regular file")
+        members = archive.scan(f, self.limits.max_files + 2)
+        for required in (archive.MANIFEST, archive.SIGNATURES):
+            if required not in members:
+                raise MalformedBundleError(f"bundle has no {required}")
+        manifest_raw = archive.read_member(
+            f, members[archive.MANIFEST], self.limits.manifest_max_bytes, "manifest.json"
+        )
+        signatures_raw = archive.read_member(
+            f, members[archive.SIGNATURES], self.limits.signatures_max_bytes, "signatures.json"
+        )
+        try:
+            verified = verify_metadata(
+                manifest_raw, signatures_raw, self.trust_snapshot(), self._context()
+            )
+        except RollbackError:
+            # Signatures have passed by now: an identical bundle is a no-op, not an attack.
+            existing = records.by_digest(self.db, digest(manifest_raw))
+            if existing is None:
+                raise
+            return existing
+        _match_payload(verified.manifest, members)
+        return _Opened(f, members, verified)
+
+    def verify_file(self, path: Path, progress: Progress | None = None) -> Outcome:
+        """Full offline verification, payload hashes included; raises unless it would install."""
+        started = time.perf_counter()
+        stack: list[BinaryIO] = []
+        try:
+            opened = self._open(path, stack)
+            if isinstance(opened, records.InstalledBundle):
+                return _outcome_of(opened, "already-installed", time.perf_counter() - started)
+            manifest = opened.verified.manifest
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                for entry in manifest.files:
+                    member = opened.members[archive.PAYLOAD_PREFIX + entry.path]
+                    hash_member(
+                        opened.file,
+                        member,
+                        entry,
+                        dest=None,
+                        pool=pool,
+                        chunk_bytes=self.limits.copy_chunk_bytes,
+                        progress=progress,
+                    )
+            return _outcome(opened.verified, "verified", False, time.perf_counter() - started)
+        finally:
+            for f in stack:
+                f.close()
+
+    # -- installation ------------------------------------------------------------------------
+
+    def install(
+        self, path: Path, *, activate: bool = True, progress: Progress | None = None
+    ) -> Outcome:
+        """Verify and install a bundle file; on any failure nothing changes."""
+        started = time.perf_counter()
+        with self._locked():
+            try:
+                return self._install_locked(path, activate, progress, started)
+            except ApplianceError as e:
+                self._log_refusal(path, e)
+                raise
+
+    def _install_locked(
+        self, path: Path, activate: bool, progress: Progress | None, started: float
+    ) -> Outcome:
+        stack: list[BinaryIO] = []
+        try:
+            opened = self._open(path, stack)
+            if isinstance(opened, records.InstalledBundle):
+                return _outcome_of(opened, "already-installed", time.perf_counter() - started)
+            verified = opened.verified
+            manifest = verified.manifest
+            if records.get(self.db, manifest.name, manifest.version) is not None:
+                raise RollbackError(
+                    f"{manifest.name} {manifest.version} is already installed with other "
+                    "content; a publisher must give a new version a new version string"
+                )
+            staging = Path(tempfile.mkdtemp(prefix="install-", dir=self.home.staging_dir))
+            try:
+                self._stage(opened, staging, progress)
+                final = self.home.bundle_dir(manifest.name, manifest.version)
+                final.parent.mkdir(exist_ok=True)
+                fsync_dir(self.home.bundles_dir)
+                os.rename(staging, final)
+            except BaseException:
+                remove_tree(staging)
+                raise
+            fsync_dir(final.parent)
+            if manifest.kind == "keyring":
+                _apply_keyring(self.home, manifest)
+            make_active = activate and manifest.kind in ACTIVATABLE_KINDS
+            with write_transaction(self.db) as conn:
+                records.record_install(conn, verified)
+                if manifest.kind == "revocation":
+                    records.record_revocation(conn, verified)
+                if make_active:
+                    records.set_active(conn, manifest.name, manifest.version)
+                records.record_event(
+                    conn,
+                    "install",
+                    "accepted",
+                    name=manifest.name,
+                    version=manifest.version,
+                    digest=verified.digest,
+                )
+            return _outcome(verified, "installed", make_active, time.perf_counter() - started)
+        finally:
+            for f in stack:
+                f.close()
+
+    def _stage(self, opened: _Opened, staging: Path, progress: Progress | None) -> None:
+        verified = opened.verified
+        _write_synced(staging / archive.MANIFEST, verified.raw)
+        _write_synced(staging / archive.SIGNATURES, verified.signatures_raw)
+        payload_root = staging / "payload"
+        payload_root.mkdir()
+        folders = {payload_root}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for entry in verified.manifest.files:
+                target = payload_root / entry.path
+                for parent in reversed(target.relative_to(payload_root).parents[:-1]):
+                    folder = payload_root / parent
+                    if folder not in folders:
+                        folder.mkdir()
+                        folders.add(folder)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb", buffering=0) as dest:
+                    hash_member(
+                        opened.file,
+                        opened.members[archive.PAYLOAD_PREFIX + entry.path],
+                        entry,
+                        dest=dest,  # type: ignore[arg-type]
+                        pool=pool,
+                        chunk_bytes=self.limits.copy_chunk_bytes,
+                        progress=progress,
+                    )
+                    os.fsync(fd)
+        make_read_only(staging)
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            fsync_dir(folder)
+        fsync_dir(staging)
+
+    def _log_refusal(self, path: Path, error: ApplianceError) -> None:
+        try:
+            with write_transaction(self.db) as conn:
+                records.record_event(
+                    conn, "install", "refused", reason=f"{type(error).__name__}: {error}"[:500]
+                )
+        except ApplianceError:
+            pass  # the refusal itself is what the operator must see
+
+    # -- activation --------------------------------------------------------------------------
+
+    def list(self) -> list[records.InstalledBundle]:
+        return records.query(self.db)
+
+    def _check_activatable(self, bundle: records.InstalledBundle) -> None:
+        if bundle.kind not in ACTIVATABLE_KINDS:
+            raise BundleError(f"{bundle.kind} bundles take effect on install; nothing to activate")
+        if bundle.revoked:
+            raise RevokedError(f"{bundle.name} {bundle.version} has been revoked")
+        if bundle.expires is not None and self.effective_now() >= parse_timestamp(bundle.expires):
+            raise ExpiredBundleError(f"{bundle.name} {bundle.version} expired at {bundle.expires}")
+        if not self.home.bundle_dir(bundle.name, bundle.version).is_dir():
+            raise PayloadError(f"{bundle.name} {bundle.version} is recorded but its files are gone")
+
+    def activate(self, name: str, version: str) -> records.InstalledBundle:
+        with self._locked():
+            bundle = records.get(self.db, name, version)
+            if bundle is None:
+                raise BundleNotFoundError(f"{name} {version} is not installed")
+            self._check_activatable(bundle)
+            with write_transaction(self.db) as conn:
+                records.set_active(conn, name, version)
+                records.record_event(
+                    conn, "activate", "accepted", name=name, version=version, digest=bundle.digest
+                )
+            return records.get(self.db, name, version)  # type: ignore[return-value]
+
+    def rollback(self, name: str) -> records.InstalledBundle:
+        """Re-activate the installed version just below the active one; floors stay put."""
+        with self._locked():
+            current = records.active(self.db, name)
+            if current is None:
+                raise BundleNotFoundError(f"no version of {name} is active")
+            earlier = [
+                b
+                for b in records.query(self.db, "WHERE b.name = ?", (name,))
+                if b.sequence < current.sequence
+            ]
+            for candidate in sorted(earlier, key=lambda b: b.sequence, reverse=True):
+                try:
+                    self._check_activatable(candidate)
+                except BundleError:
+                    continue
+                with write_transaction(self.db) as conn:
+                    records.set_active(conn, name, candidate.version)
+                    records.record_event(
+                        conn,
+                        "rollback",
+                        "accepted",
+                        name=name,
+                        version=candidate.version,
+                        digest=candidate.digest,
+                    )
+                return records.get(self.db, name, candidate.version)  # type: ignore[return-value]
+            raise BundleNotFoundError(
+                f"no earlier usable version of {name} is installed to roll back to"
+            )
+
+
+def _match_payload(manifest: Manifest, members: dict[str, archive.Member]) -> None:
+    """The tar must hold exactly the listed files, each no larger than declared."""
+    listed = {entry.path: entry for entry in manifest.files}
+    for path, member in archive.iter_payload(members):
+        entry = listed.get(path)
+        if entry is None:
+            raise MalformedBundleError(f"payload/{path} is not listed in the manifest")
+        check_declared_size(entry, member)
+    present = {path for path, _ in archive.iter_payload(members)}
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise MalformedBundleError(f"payload/{missing[0]} is listed in the manifest but missing")
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(fd)
+
+
+def _apply_keyring(home: Home, manifest: Manifest) -> None:
+    assert manifest.keyring is not None
+    keys = [PublicKey.from_raw(bytes.fromhex(k.public), k.name) for k in manifest.keyring.keys]
+    trust.replace_store(home, keys, manifest.keyring.threshold)
+
+
+def _outcome(verified: VerifiedManifest, action: str, active: bool, seconds: float) -> Outcome:
+    m = verified.manifest
+    return Outcome(
+        action,
+        m.name,
+        m.version,
+        m.sequence,
+        m.kind,
+        verified.digest,
+        verified.signers,
+        len(m.files),
+        m.total_size,
+        active,
+        seconds,
+    )
+
+
+def _outcome_of(bundle: records.InstalledBundle, action: str, seconds: float) -> Outcome:
+    return Outcome(
+        action,
+        bundle.name,
+        bundle.version,
+        bundle.sequence,
+        bundle.kind,
+        bundle.digest,
+        bundle.signers,
+        len(bundle.manifest.get("files", [])),
+        bundle.total_size,
+        bundle.active,
+        seconds,
+    )

@@ -1,0 +1,98 @@
+"""Every setting in one place: config.toml, validated, with a unit on every limit.
+
+An absent config.toml means defaults. An unknown key is an error that names the key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from appliance.errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8750, ge=1, le=65535)
+    auth: Literal["tokens", "none"] = "tokens"
+
+
+class UpstreamSettings(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    model: str
+    api_key_file: str = ""
+    price_input_per_mtok: float = Field(default=0.0, ge=0)  # USD per million tokens
+    price_output_per_mtok: float = Field(default=0.0, ge=0)  # USD per million tokens
+    ca_file: str = ""
+    client_cert: str = ""
+    trainable: bool = True
+    perimeter: Literal["internal", "external"] = "external"
+
+
+class BundleLimits(_Strict):
+    """Hard limits applied to every bundle before any byte is trusted."""
+
+    manifest_max_bytes: int = Field(default=1 * MiB, ge=1 * KiB)  # bytes
+    signatures_max_bytes: int = Field(default=64 * KiB, ge=1 * KiB)  # bytes
+    max_signatures: int = Field(default=16, ge=1)  # signatures per bundle
+    max_files: int = Field(default=4096, ge=1)  # payload files per bundle
+    max_file_bytes: int = Field(default=64 * GiB, ge=1)  # bytes, one payload file
+    max_total_bytes: int = Field(default=128 * GiB, ge=1)  # bytes, all payload files
+    copy_chunk_bytes: int = Field(default=4 * MiB, ge=64 * KiB)  # bytes per read while hashing
+    clock_skew_s: int = Field(default=300, ge=0)  # seconds tolerated for `created` in the future
+
+
+class BundleSettings(_Strict):
+    usb_paths: list[str] = Field(default_factory=list)  # mount points scanned for *.bundle
+    limits: BundleLimits = Field(default_factory=BundleLimits)
+
+
+class Settings(_Strict):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    bundles: BundleSettings = Field(default_factory=BundleSettings)
+
+
+def _describe(error: ValidationError, source: Path) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif item["type"] == "missing":
+            problems.append(f"'{key}' is missing, and has no default")
+        else:
+            problems.append(f"'{key}': {item['msg']}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read config.toml; absent means defaults; anything invalid raises ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Settings()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from e

@@ -1,0 +1,111 @@
+"""state.db: one SQLite file for the appliance's durable state.
+
+Opened through sqlite-utils in WAL mode with ``synchronous=FULL``: a transaction that has
+returned survives power loss. Writers take ``BEGIN IMMEDIATE`` so two processes never
+interleave half-done changes; readers are never blocked by the writer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+from appliance.errors import StateError
+from appliance.home import Home
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for another writer
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bundles (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    digest TEXT NOT NULL UNIQUE,
+    manifest TEXT NOT NULL,
+    signers TEXT NOT NULL,
+    created TEXT NOT NULL,
+    expires TEXT,
+    total_size INTEGER NOT NULL,
+    installed_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS active_bundles (
+    name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    activated_at TEXT NOT NULL,
+    FOREIGN KEY (name, version) REFERENCES bundles (name, version)
+);
+CREATE TABLE IF NOT EXISTS sequence_floors (
+    name TEXT PRIMARY KEY,
+    floor INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_keys (
+    keyid TEXT PRIMARY KEY,
+    revoked_at TEXT NOT NULL,
+    by_bundle TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_bundles (
+    digest TEXT PRIMARY KEY,
+    revoked_at TEXT NOT NULL,
+    by_bundle TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bundle_events (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    action TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    name TEXT,
+    version TEXT,
+    digest TEXT,
+    reason TEXT
+);
+"""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def open_state(home: Home) -> sqlite_utils.Database:
+    """Open (creating if needed) state.db with the durability settings the appliance needs."""
+    try:
+        conn = sqlite3.connect(home.state_db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{home.state_db} was written by a newer appliance (schema {version}); "
+                "upgrade this runtime"
+            )
+        if version < SCHEMA_VERSION:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
+    except sqlite3.DatabaseError as e:
+        raise StateError(f"cannot open {home.state_db}: {e}") from e
+    return sqlite_utils.Database(conn)
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]:
+    """One ``BEGIN IMMEDIATE`` transaction: all of it commits, or none of it."""
+    conn = db.conn
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise StateError(f"state.db is busy or locked: {e}") from e
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
