@@ -93,11 +93,13 @@ def check_threshold(
         raise UnknownKeyError("bundle is not signed")
     if not offered & set(trust.keys):
         short = ", ".join(sorted(k[:16] for k in offered))
-        raise UnknownKeyError(f"bundle is signed only by unknown keys ({short}); not installed")
+        raise UnknownKeyError(
+            f"bundle is signed only by keys not in {whose} ({short}); not installed"
+        )
     revoked = offered & trust.revoked_keys
     detail = f"; {len(revoked)} signer key(s) revoked" if revoked else ""
     raise ThresholdError(
-        f"bundle has {len(valid)} valid signature(s) from {whose}, "
+        f"bundle has {len(valid)} valid signature(s) from keys in {whose}, "
         f"{trust.threshold} required{detail}"
     )
 
@@ -147,9 +149,9 @@ def verify_metadata(
     parsed = parse_signatures(signatures_raw, limits.signatures_max_bytes, limits.max_signatures)
     signatures = [(s.keyid, bytes.fromhex(s.sig)) for s in parsed.signatures]
 
-    signers = check_threshold(manifest_raw, signatures, trust, "trusted keys")
+    signers = check_threshold(manifest_raw, signatures, trust, "the trust store")
     if manifest.kind == "keyring":
-        check_threshold(manifest_raw, signatures, _keyring_trust(manifest, trust), "its new keys")
+        check_threshold(manifest_raw, signatures, _keyring_trust(manifest, trust), "its own new keyring")
 
     expires = manifest.expires_at
     if expires is not None and context.now >= expires:
