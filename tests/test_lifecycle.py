@@ -13,7 +13,7 @@ import pytest
 from appliance.bundles import trust
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.keys import PublicKey
-from appliance.errors import BundleError, BundleNotFoundError, SignatureError
+from appliance.errors import BundleError, BundleNotFoundError, SignatureError, TrustError
 from appliance.home import Home
 from tests.helpers import Key, make_bundle
 
@@ -101,7 +101,7 @@ def test_install_without_activate_keeps_current(manager: BundleManager, workdir:
 
 
 def test_activate_unknown_version_is_refused(manager: BundleManager):
-    with pytest.raises(BundleNotFoundError, match="demo 9.9 is not installed"):
+    with pytest.raises(BundleNotFoundError, match=r"demo 9\.9 is not installed"):
         manager.activate("demo", "9.9")
 
 
@@ -185,14 +185,14 @@ def test_policy_and_keyring_kinds_cannot_be_activated_by_hand(
 
 
 def test_trust_remove_refuses_to_drop_below_threshold(trusted: Home, key: Key):
-    with pytest.raises(Exception, match="below the threshold"):
+    with pytest.raises(TrustError, match="below the threshold"):
         trust.remove_key(trusted, key.keyid[:12])
     assert key.keyid in trust.load_store(trusted).keys
 
 
 def test_trust_store_fails_closed_on_a_corrupt_key(trusted: Home):
     (trusted.trust_dir / "junk.pub").write_text("not a key")
-    with pytest.raises(Exception, match="junk.pub is unusable"):
+    with pytest.raises(TrustError, match=r"junk\.pub is unusable"):
         trust.load_store(trusted)
 
 

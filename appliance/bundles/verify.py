@@ -151,7 +151,9 @@ def verify_metadata(
 
     signers = check_threshold(manifest_raw, signatures, trust, "the trust store")
     if manifest.kind == "keyring":
-        check_threshold(manifest_raw, signatures, _keyring_trust(manifest, trust), "its own new keyring")
+        check_threshold(
+            manifest_raw, signatures, _keyring_trust(manifest, trust), "its own new keyring"
+        )
 
     expires = manifest.expires_at
     if expires is not None and context.now >= expires:

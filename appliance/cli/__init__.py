@@ -5,9 +5,6 @@ from __future__ import annotations
 import sys
 import traceback
 
-import click
-import typer
-
 from appliance.cli import bundle, keys, trust
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
@@ -21,33 +18,31 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; exit 0 on success, 1 on a refused operation, 2 on bad usage."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="appliance", standalone_mode=False)
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.UsageError as e:
-        e.show()
-        return 2
-    except click.exceptions.Abort:
-        err_console.print("aborted")
+        # Standalone mode: typer itself prints usage errors (exit 2) and help (exit 0).
+        app(args=args, prog_name="appliance", standalone_mode=True)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
         return 1
     except ApplianceError as e:
         if debug:
             traceback.print_exc()
-        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        _error_line(str(e))
         return e.exit_code
+    except KeyboardInterrupt:
+        _error_line("interrupted")
+        return 1
     except Exception as e:
         if debug:
             raise
-        err_console.print(
-            f"error: unexpected {type(e).__name__}: {e} (run with --debug for details)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        _error_line(f"unexpected {type(e).__name__}: {e} (run with --debug for details)")
         return 1
     return 0
+
+
+def _error_line(message: str) -> None:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":
