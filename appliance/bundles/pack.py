@@ -58,7 +58,7 @@ def _payload_files(src: Path) -> list[tuple[str, Path]]:
             except ValueError as e:
                 raise BundleError(f"cannot pack {path}: {e}") from e
             found.append((rel, path))
-    return found
+    return sorted(found)
 
 
 def read_bundle_toml(src: Path) -> dict[str, Any]:
