@@ -257,28 +257,38 @@ class BundleManager:
             except BaseException:
                 remove_tree(staging)
                 raise
-            fsync_dir(final.parent)
-            if manifest.kind == "keyring":
-                _apply_keyring(self.home, manifest)
-            make_active = activate and manifest.kind in ACTIVATABLE_KINDS
-            with write_transaction(self.db) as conn:
-                records.record_install(conn, verified)
-                if manifest.kind == "revocation":
-                    records.record_revocation(conn, verified)
-                if make_active:
-                    records.set_active(conn, manifest.name, manifest.version)
-                records.record_event(
-                    conn,
-                    "install",
-                    "accepted",
-                    name=manifest.name,
-                    version=manifest.version,
-                    digest=verified.digest,
-                )
+            try:
+                fsync_dir(final.parent)
+                make_active = self._commit(verified, activate)
+            except BaseException:
+                remove_tree(final)  # never leave an unrecorded version in place
+                raise
             return _outcome(verified, "installed", make_active, time.perf_counter() - started)
         finally:
             for f in stack:
                 f.close()
+
+    def _commit(self, verified: VerifiedManifest, activate: bool) -> bool:
+        """Apply the bundle's effect and record it in one transaction; True if made active."""
+        manifest = verified.manifest
+        if manifest.kind == "keyring":
+            _apply_keyring(self.home, manifest)
+        make_active = activate and manifest.kind in ACTIVATABLE_KINDS
+        with write_transaction(self.db) as conn:
+            records.record_install(conn, verified)
+            if manifest.kind == "revocation":
+                records.record_revocation(conn, verified)
+            if make_active:
+                records.set_active(conn, manifest.name, manifest.version)
+            records.record_event(
+                conn,
+                "install",
+                "accepted",
+                name=manifest.name,
+                version=manifest.version,
+                digest=verified.digest,
+            )
+        return make_active
 
     def _stage(self, opened: _Opened, staging: Path, progress: Progress | None) -> None:
         verified = opened.verified
