@@ -45,12 +45,12 @@ def test_install_writes_verified_read_only_tree(manager: BundleManager, workdir:
 
 def test_verify_checks_payload_without_installing(manager: BundleManager, workdir: Path, key: Key):
     bundle = make_bundle(workdir, [key], files={"a.bin": b"a" * 5000})
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []
 
-    outcome = manager.verify_file(bundle, progress=seen.append)
+    outcome = manager.verify_file(bundle, progress=lambda done, total: seen.append((done, total)))
 
     assert outcome.action == "verified"
-    assert sum(seen) == 5000
+    assert seen[0] == (0, 5000) and seen[-1] == (5000, 5000)
     assert manager.list() == []
     assert not (manager.home.bundles_dir / "demo").exists()
 

@@ -28,7 +28,7 @@ from appliance import __version__
 from appliance.bundles import archive, records, trust
 from appliance.bundles.keys import PublicKey
 from appliance.bundles.manifest import Manifest, digest, parse_timestamp
-from appliance.bundles.payload import Progress, check_declared_size, hash_member
+from appliance.bundles.payload import Progress, check_declared_size, hash_member, reporter
 from appliance.bundles.verify import TrustSnapshot, VerifiedManifest, VerifyContext, verify_metadata
 from appliance.errors import (
     ApplianceError,
@@ -201,6 +201,7 @@ class BundleManager:
             if isinstance(opened, records.InstalledBundle):
                 return _outcome_of(opened, "already-installed", time.perf_counter() - started)
             manifest = opened.verified.manifest
+            advance = reporter(progress, manifest.total_size)
             with ThreadPoolExecutor(max_workers=1) as pool:
                 for entry in manifest.files:
                     member = opened.members[archive.PAYLOAD_PREFIX + entry.path]
@@ -211,7 +212,7 @@ class BundleManager:
                         dest=None,
                         pool=pool,
                         chunk_bytes=self.limits.copy_chunk_bytes,
-                        progress=progress,
+                        progress=advance,
                     )
             return _outcome(opened.verified, "verified", False, time.perf_counter() - started)
         finally:
@@ -297,6 +298,7 @@ class BundleManager:
         payload_root = staging / "payload"
         payload_root.mkdir()
         folders = {payload_root}
+        advance = reporter(progress, verified.manifest.total_size)
         with ThreadPoolExecutor(max_workers=1) as pool:
             for entry in verified.manifest.files:
                 target = payload_root / entry.path
@@ -314,7 +316,7 @@ class BundleManager:
                         dest=dest,  # type: ignore[arg-type]
                         pool=pool,
                         chunk_bytes=self.limits.copy_chunk_bytes,
-                        progress=progress,
+                        progress=advance,
                     )
                     os.fsync(fd)
         make_read_only(staging)

@@ -23,7 +23,23 @@ from appliance.errors import (
     TruncatedBundleError,
 )
 
-Progress = Callable[[int], None]  # called with the number of bytes just processed
+Advance = Callable[[int], None]  # called with the number of bytes just processed
+Progress = Callable[[int, int], None]  # called with (bytes done so far, total bytes)
+
+
+def reporter(progress: Progress | None, total: int) -> Advance | None:
+    """Turn per-chunk advances into (done, total) reports for a progress display."""
+    if progress is None:
+        return None
+    done = 0
+    progress(0, total)
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        progress(done, total)
+
+    return advance
 
 
 def check_declared_size(entry: FileEntry, member: Member) -> None:
@@ -47,7 +63,7 @@ def hash_member(
     dest: BinaryIO | None,
     pool: ThreadPoolExecutor,
     chunk_bytes: int,
-    progress: Progress | None = None,
+    progress: Advance | None = None,
 ) -> None:
     """Hash exactly `entry.size` bytes of `member`, writing them to `dest` when given."""
     check_declared_size(entry, member)

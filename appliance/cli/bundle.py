@@ -36,7 +36,7 @@ def _manager() -> Iterator[BundleManager]:
 
 
 @contextmanager
-def _progress(label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
+def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar on stderr while payload bytes are hashed (not with --json or no TTY)."""
     if quiet or not sys.stderr.isatty():
         yield None
@@ -51,10 +51,10 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(label, total=None)
 
-        def advance(count: int) -> None:
-            bar.update(task, advance=count)
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
 
-        yield advance
+        yield report
 
 
 def _size(n: int) -> str:
