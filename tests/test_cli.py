@@ -64,6 +64,13 @@ def test_bad_usage_exits_2(home: Home):
     assert "Missing argument" in result.stderr
 
 
+def test_version(capsys: pytest.CaptureFixture[str]):
+    from appliance import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"appliance {__version__}"
+
+
 def test_unknown_command_exits_2(home: Home):
     assert run("frobnicate", home=home.root).returncode == 2
 
@@ -87,6 +94,10 @@ def test_operator_flow_end_to_end(home: Home, tmp_path: Path, capsys: pytest.Cap
     listed = cli_json(capsys, "bundle", "list")
     trusted = cli_json(capsys, "trust", "list")
 
+    rolled = main(["bundle", "rollback", "demo"])
+    assert rolled == 1 and "no earlier usable version" in capsys.readouterr().err
+    activated = cli_json(capsys, "bundle", "activate", "demo", "1.0.0")
+    assert activated["active"] is True
     assert verified["action"] == "verified" and installed["action"] == "installed"
     assert [(b["name"], b["version"], b["active"]) for b in listed] == [("demo", "1.0.0", True)]
     assert trusted == {

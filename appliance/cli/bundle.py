@@ -172,19 +172,29 @@ def list_bundles(as_json: bool = JSON_OPTION) -> None:
     console.print(table)
 
 
-def _print_active(bundle: InstalledBundle, verb: str) -> None:
+def _print_active(bundle: InstalledBundle, verb: str, as_json: bool) -> None:
+    if as_json:
+        print_json(bundle.to_json())
+        return
     console.print(f"{verb} {bundle.name} {bundle.version} (sequence {bundle.sequence})")
 
 
 @app.command("activate")
-def activate(name: str, version: str) -> None:
+def activate(
+    name: str = typer.Argument(..., help="Bundle name."),
+    version: str = typer.Argument(..., help="Installed version to make active."),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Make an installed version the active one."""
     with _manager() as manager:
-        _print_active(manager.activate(name, version), "active:")
+        _print_active(manager.activate(name, version), "active:", as_json)
 
 
 @app.command("rollback")
-def rollback(name: str) -> None:
+def rollback(
+    name: str = typer.Argument(..., help="Bundle name."),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Re-activate the previous installed version (the anti-rollback floor stays)."""
     with _manager() as manager:
-        _print_active(manager.rollback(name), "rolled back to")
+        _print_active(manager.rollback(name), "rolled back to", as_json)

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from appliance import __version__
 from appliance.home import Home
 
 app = typer.Typer(
@@ -24,9 +25,18 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"appliance {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """Appliance command line."""
 
