@@ -20,6 +20,7 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
         │   ├── UnknownKeyError         signed only by keys we do not trust
         │   └── ThresholdError          fewer valid signatures than the threshold
         ├── ExpiredBundleError          past its ``expires`` time (freeze attack)
+        ├── FutureBundleError           ``created`` later than this box's clock allows
         ├── IncompatibleBundleError     ``requires`` excludes this runtime
         ├── RevokedError                the bundle or its only signers are revoked
         ├── RollbackError               sequence not above the installed floor
@@ -105,6 +106,10 @@ class ThresholdError(SignatureError):
 
 class ExpiredBundleError(BundleError):
     """The bundle is past its expiry time."""
+
+
+class FutureBundleError(BundleError):
+    """The bundle claims to be created later than the box's clock (plus skew) allows."""
 
 
 class IncompatibleBundleError(BundleError):

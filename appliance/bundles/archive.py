@@ -79,6 +79,8 @@ def _name(header: bytes) -> str:
     raw_name = header[0:100].split(b"\x00", 1)[0]
     raw_prefix = header[345:500].split(b"\x00", 1)[0]
     raw = raw_prefix + b"/" + raw_name if raw_prefix else raw_name
+    if any(b < 0x20 or b == 0x7F for b in raw):
+        raise UnsafeArchiveError(f"member name {raw[:60]!r} holds control characters")
     try:
         return raw.decode("ascii")
     except UnicodeDecodeError as e:

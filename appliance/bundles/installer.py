@@ -262,7 +262,10 @@ class BundleManager:
                 fsync_dir(final.parent)
                 make_active = self._commit(verified, activate)
             except BaseException:
-                remove_tree(final)  # never leave an unrecorded version in place
+                # Never leave an unrecorded version in place; a recorded one stays whatever
+                # was interrupted after the commit.
+                if records.get(self.db, manifest.name, manifest.version) is None:
+                    remove_tree(final)
                 raise
             return _outcome(verified, "installed", make_active, time.perf_counter() - started)
         finally:

@@ -167,6 +167,12 @@ class Manifest(_Strict):
         folded = {p.lower() for p in paths}
         if len(folded) != len(paths):
             raise ValueError("files lists the same path twice (paths compare case-insensitively)")
+        for path in paths:
+            parts = path.lower().split("/")
+            for depth in range(1, len(parts)):
+                prefix = "/".join(parts[:depth])
+                if prefix in folded:
+                    raise ValueError(f"path '{path}' lies inside the listed file '{prefix}'")
         sections = {"model": self.model, "keyring": self.keyring, "revocation": self.revocation}
         required = {"model": "model", "keyring": "keyring", "revocation": "revocation"}
         for section, value in sections.items():

@@ -115,13 +115,14 @@ def resolve_keyid(store: TrustStore, prefix: str) -> PublicKey:
     return matches[0]
 
 
-def remove_key(home: Home, keyid_prefix: str) -> PublicKey:
-    """Remove a key; refuse when fewer keys than the threshold would remain."""
+def remove_key(home: Home, keyid_prefix: str, revoked: frozenset[str] = frozenset()) -> PublicKey:
+    """Remove a key; refuse when fewer usable (unrevoked) keys than the threshold would remain."""
     store = load_store(home)
     key = resolve_keyid(store, keyid_prefix)
-    if len(store.keys) - 1 < store.threshold:
+    remaining = len(set(store.keys) - revoked - {key.keyid})
+    if remaining < store.threshold:
         raise TrustError(
-            f"removing {key.keyid[:16]} would leave {len(store.keys) - 1} key(s), below the "
+            f"removing {key.keyid[:16]} would leave {remaining} usable key(s), below the "
             f"threshold of {store.threshold}; lower the threshold in trust.toml first"
         )
     for path in home.trust_dir.glob("*.pub"):

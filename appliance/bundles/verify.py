@@ -15,15 +15,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from appliance.bundles.keys import PublicKey
-from appliance.bundles.manifest import Manifest, digest, parse_manifest, parse_signatures
+from appliance.bundles.manifest import (
+    Manifest,
+    digest,
+    format_timestamp,
+    parse_manifest,
+    parse_signatures,
+)
 from appliance.errors import (
     ExpiredBundleError,
+    FutureBundleError,
     IncompatibleBundleError,
     ManifestError,
     RevokedError,
@@ -155,6 +162,13 @@ def verify_metadata(
             manifest_raw, signatures, _keyring_trust(manifest, trust), "its own new keyring"
         )
 
+    if manifest.created_at > context.now + timedelta(seconds=limits.clock_skew_s):
+        # Installed, it would drag the clock floor forward and freeze out every bundle that
+        # expires before then.
+        raise FutureBundleError(
+            f"bundle {manifest.name} {manifest.version} was created {manifest.created}, later "
+            f"than this box's clock ({format_timestamp(context.now)}) allows; check the clock"
+        )
     expires = manifest.expires_at
     if expires is not None and context.now >= expires:
         raise ExpiredBundleError(

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _error_line(message: str) -> None:
-    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    # Messages may quote bytes from an untrusted bundle: never let them start a new line or
+    # send escape codes to the operator's terminal.
+    printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    err_console.print(f"error: {printable}", markup=False, highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

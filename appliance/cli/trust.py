@@ -62,5 +62,5 @@ def list_keys(as_json: bool = JSON_OPTION) -> None:
 @app.command("remove")
 def remove(keyid: str = typer.Argument(..., help="Key id (or a unique prefix of 8+ hex).")) -> None:
     """Stop trusting a key."""
-    key = trust_store.remove_key(home().ensure(), keyid)
+    key = trust_store.remove_key(home().ensure(), keyid, _revoked())
     console.print(f"removed {key.name}  {key.keyid}")
