@@ -118,9 +118,14 @@ class BundleManager:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
+    def recover(self) -> None:
+        """Clear what an interrupted install left behind (the daemon calls this at start)."""
+        with self._locked():
+            pass
+
     def _recover(self) -> None:
         """Remove what an interrupted install left: staging folders and unrecorded versions."""
-        trust.recover(self.home)
+        trust.recover(self.home, lambda d: records.by_digest(self.db, d) is not None)
         for leftover in self.home.staging_dir.iterdir():
             remove_tree(leftover)
         recorded = {(b.name, b.version) for b in records.query(self.db)}
@@ -259,6 +264,10 @@ class BundleManager:
                 remove_tree(staging)
                 raise
             try:
+                # Moving a folder to a new parent needs write access to it (for non-root
+                # users), so the top folder turns read-only only once it is in place.
+                os.chmod(final, 0o555)
+                fsync_dir(final)
                 fsync_dir(final.parent)
                 make_active = self._commit(verified, activate)
             except BaseException:
@@ -273,25 +282,38 @@ class BundleManager:
                 f.close()
 
     def _commit(self, verified: VerifiedManifest, activate: bool) -> bool:
-        """Apply the bundle's effect and record it in one transaction; True if made active."""
+        """Record the bundle and apply its effect in one transaction; True if made active.
+
+        A keyring's new trust store is prepared before the commit and swapped in after it;
+        recovery finishes the swap only for a recorded keyring, so trust never changes
+        without the bundle that changed it.
+        """
         manifest = verified.manifest
+        prepared = None
         if manifest.kind == "keyring":
-            _apply_keyring(self.home, manifest)
+            prepared = _prepare_keyring(self.home, verified)
         make_active = activate and manifest.kind in ACTIVATABLE_KINDS
-        with write_transaction(self.db) as conn:
-            records.record_install(conn, verified)
-            if manifest.kind == "revocation":
-                records.record_revocation(conn, verified)
-            if make_active:
-                records.set_active(conn, manifest.name, manifest.version)
-            records.record_event(
-                conn,
-                "install",
-                "accepted",
-                name=manifest.name,
-                version=manifest.version,
-                digest=verified.digest,
-            )
+        try:
+            with write_transaction(self.db) as conn:
+                records.record_install(conn, verified)
+                if manifest.kind == "revocation":
+                    records.record_revocation(conn, verified)
+                if make_active:
+                    records.set_active(conn, manifest.name, manifest.version)
+                records.record_event(
+                    conn,
+                    "install",
+                    "accepted",
+                    name=manifest.name,
+                    version=manifest.version,
+                    digest=verified.digest,
+                )
+        except BaseException:
+            if prepared is not None and records.by_digest(self.db, verified.digest) is None:
+                trust.discard(prepared)
+            raise
+        if prepared is not None:
+            trust.swap_in(self.home, prepared)
         return make_active
 
     def _stage(self, opened: _Opened, staging: Path, progress: Progress | None) -> None:
@@ -323,6 +345,7 @@ class BundleManager:
                     )
                     os.fsync(fd)
         make_read_only(staging)
+        os.chmod(staging, 0o700)
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             fsync_dir(folder)
         fsync_dir(staging)
@@ -418,10 +441,11 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(fd)
 
 
-def _apply_keyring(home: Home, manifest: Manifest) -> None:
-    assert manifest.keyring is not None
-    keys = [PublicKey.from_raw(bytes.fromhex(k.public), k.name) for k in manifest.keyring.keys]
-    trust.replace_store(home, keys, manifest.keyring.threshold)
+def _prepare_keyring(home: Home, verified: VerifiedManifest) -> Path:
+    keyring = verified.manifest.keyring
+    assert keyring is not None
+    keys = [PublicKey.from_raw(bytes.fromhex(k.public), k.name) for k in keyring.keys]
+    return trust.prepare_store(home, keys, keyring.threshold, verified.digest)
 
 
 def _outcome(verified: VerifiedManifest, action: str, active: bool, seconds: float) -> Outcome:

@@ -2,8 +2,8 @@
 
 ``trust/NAME.pub`` holds one PEM public key; ``trust/trust.toml`` holds ``threshold = k``
 (1 when absent). Anything unreadable in the store fails closed: nothing installs until an
-operator fixes it. A keyring bundle replaces the whole store through ``replace_store``,
-which stays recoverable at every instant.
+operator fixes it. A keyring bundle replaces the whole store (``prepare_store``, then
+``swap_in`` once the bundle is committed), and ``recover`` makes that atomic across crashes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,16 +55,16 @@ def _read_policy(path: Path) -> TrustPolicy:
 
 
 def load_store(home: Home) -> TrustStore:
-    recover(home)
+    folder = store_dir(home)
     keys: dict[str, PublicKey] = {}
-    if home.trust_dir.is_dir():
-        for path in sorted(home.trust_dir.glob("*.pub")):
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.pub")):
             try:
                 key = load_public_key(path)
             except Exception as e:
                 raise TrustError(f"trust store file {path} is unusable: {e}") from e
             keys.setdefault(key.keyid, key)
-    policy = _read_policy(home.trust_policy_file)
+    policy = _read_policy(folder / home.trust_policy_file.name)
     return TrustStore(keys, policy.threshold)
 
 
@@ -134,13 +135,14 @@ def remove_key(home: Home, keyid_prefix: str, revoked: frozenset[str] = frozense
     return key
 
 
-def replace_store(home: Home, keys: list[PublicKey], threshold: int) -> None:
-    """Swap in a whole new trust store (keyring rotation), recoverable after a crash.
+def prepare_store(home: Home, keys: list[PublicKey], threshold: int, digest: str) -> Path:
+    """Write a new store beside the current one, synced and marked complete; not yet in force.
 
-    The new store is written and synced beside the old one and marked complete; then two
-    renames swap them. ``recover`` finishes a swap that a crash interrupted.
+    A keyring install prepares the store, commits the keyring bundle to state.db, and only
+    then calls ``swap_in``; ``recover`` finishes the swap if, and only if, the bundle is
+    recorded.
     """
-    new_dir = home.root / f"{_NEW_PREFIX}{os.getpid()}"
+    new_dir = home.root / f"{_NEW_PREFIX}{digest}"
     shutil.rmtree(new_dir, ignore_errors=True)
     new_dir.mkdir()
     for key in keys:
@@ -152,33 +154,59 @@ def replace_store(home: Home, keys: list[PublicKey], threshold: int) -> None:
             os.fsync(f.fileno())
     fsync_dir(new_dir)
     fsync_dir(home.root)
-    old_dir = home.root / f"{_OLD_PREFIX}{os.getpid()}"
+    return new_dir
+
+
+def swap_in(home: Home, new_dir: Path) -> None:
+    """Put a prepared store in force with two renames (``recover`` finishes an interrupted one)."""
+    old_dir = home.root / f"{_OLD_PREFIX}{new_dir.name.removeprefix(_NEW_PREFIX)}"
     if home.trust_dir.exists():
         os.rename(home.trust_dir, old_dir)
     os.rename(new_dir, home.trust_dir)
     fsync_dir(home.root)
-    (home.trust_dir / _COMPLETE_MARK).unlink()
+    (home.trust_dir / _COMPLETE_MARK).unlink(missing_ok=True)
     shutil.rmtree(old_dir, ignore_errors=True)
 
 
-def recover(home: Home) -> None:
-    """Finish or undo a store swap that a crash interrupted."""
+def discard(new_dir: Path) -> None:
+    shutil.rmtree(new_dir, ignore_errors=True)
+
+
+def _leftovers(home: Home, prefix: str) -> list[Path]:
     if not home.root.is_dir():
-        return
-    leftovers = [p for p in home.root.iterdir() if p.name.startswith((_NEW_PREFIX, _OLD_PREFIX))]
-    if not leftovers:
-        (home.trust_dir / _COMPLETE_MARK).unlink(missing_ok=True)
-        return
-    if not home.trust_dir.exists():
-        complete = [
-            p for p in leftovers if p.name.startswith(_NEW_PREFIX) and (p / _COMPLETE_MARK).exists()
-        ]
-        previous = [p for p in leftovers if p.name.startswith(_OLD_PREFIX)]
-        source = complete[0] if complete else (previous[0] if previous else None)
-        if source is not None:
-            os.rename(source, home.trust_dir)
+        return []
+    return sorted(p for p in home.root.iterdir() if p.name.startswith(prefix) and p.is_dir())
+
+
+def store_dir(home: Home) -> Path:
+    """The folder whose keys are in force, without changing anything on disk.
+
+    Between the two renames of a swap, trust/ is briefly absent; the swap only starts after
+    its keyring bundle was committed, so the prepared store is the one in force then.
+    """
+    if home.trust_dir.is_dir():
+        return home.trust_dir
+    for candidate in _leftovers(home, _NEW_PREFIX):
+        if (candidate / _COMPLETE_MARK).exists():
+            return candidate
+    return home.trust_dir
+
+
+def recover(home: Home, recorded: Callable[[str], bool]) -> None:
+    """Finish swaps whose keyring bundle is recorded (by digest); discard everything else.
+
+    Call it only while holding the installer lock.
+    """
+    for new_dir in _leftovers(home, _NEW_PREFIX):
+        digest = new_dir.name.removeprefix(_NEW_PREFIX)
+        if (new_dir / _COMPLETE_MARK).exists() and recorded(digest):
+            swap_in(home, new_dir)
+        else:
+            discard(new_dir)
+    for old_dir in _leftovers(home, _OLD_PREFIX):
+        if not home.trust_dir.exists():
+            os.rename(old_dir, home.trust_dir)  # a swap undone before it completed
             fsync_dir(home.root)
+        else:
+            shutil.rmtree(old_dir, ignore_errors=True)
     (home.trust_dir / _COMPLETE_MARK).unlink(missing_ok=True)
-    for path in leftovers:
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
