@@ -22,6 +22,7 @@ from appliance.errors import (
     PayloadError,
     TruncatedBundleError,
 )
+from appliance.fsutil import start_writeback
 
 Advance = Callable[[int], None]  # called with the number of bytes just processed
 Progress = Callable[[int, int], None]  # called with (bytes done so far, total bytes)
@@ -72,6 +73,7 @@ def hash_member(
     buffers = (bytearray(chunk_bytes), bytearray(chunk_bytes))
     pending: Future[None] | None = None
     remaining = entry.size
+    written = 0
     turn = 0
     while remaining:
         view = memoryview(buffers[turn])[: min(chunk_bytes, remaining)]
@@ -84,6 +86,8 @@ def hash_member(
         pending = pool.submit(hasher.update, view)
         if dest is not None:
             dest.write(view)
+            start_writeback(dest.fileno(), written, got)
+        written += got
         remaining -= got
         turn ^= 1
         if progress is not None:
