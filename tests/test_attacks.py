@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from appliance.bundles import archive, installer, trust
+from appliance.bundles import archive, reader, trust
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.keys import load_private_key
 from appliance.bundles.manifest import digest
@@ -520,13 +520,13 @@ def test_endless_data_payload_larger_than_declared_is_refused_before_hashing(
     monkeypatch: pytest.MonkeyPatch,
 ):
     hashed: list[str] = []
-    real_hash_member: Callable[..., None] = installer.hash_member
+    real_hash_member: Callable[..., None] = reader.hash_member
 
     def spy(source: Any, member: archive.Member, *args: Any, **kwargs: Any) -> None:
         hashed.append(member.name)
         real_hash_member(source, member, *args, **kwargs)
 
-    monkeypatch.setattr(installer, "hash_member", spy)
+    monkeypatch.setattr(reader, "hash_member", spy)
     endless = write_raw_bundle(
         workdir / "endless.bundle",
         [

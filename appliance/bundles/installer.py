@@ -15,27 +15,25 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 import sqlite_utils
 
 from appliance import __version__
 from appliance.bundles import archive, records, trust
 from appliance.bundles.keys import PublicKey
-from appliance.bundles.manifest import Manifest, digest, parse_timestamp
-from appliance.bundles.payload import Progress, check_declared_size, hash_member, reporter
+from appliance.bundles.manifest import digest, parse_timestamp
+from appliance.bundles.outcome import Outcome
+from appliance.bundles.payload import Progress
+from appliance.bundles.reader import BundleReader
 from appliance.bundles.verify import TrustSnapshot, VerifiedManifest, VerifyContext, verify_metadata
 from appliance.errors import (
     ApplianceError,
     BundleError,
     BundleNotFoundError,
     ExpiredBundleError,
-    MalformedBundleError,
     PayloadError,
     RevokedError,
     RollbackError,
@@ -46,45 +44,6 @@ from appliance.settings import Settings, load_settings
 from appliance.state import open_state, write_transaction
 
 ACTIVATABLE_KINDS = ("model", "policy", "adapter")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What an install or verify did, for the CLI to print."""
-
-    action: str  # "installed", "already-installed", "verified"
-    name: str
-    version: str
-    sequence: int
-    kind: str
-    digest: str
-    signers: tuple[str, ...]
-    files: int
-    size: int  # bytes
-    active: bool
-    seconds: float
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "action": self.action,
-            "name": self.name,
-            "version": self.version,
-            "sequence": self.sequence,
-            "kind": self.kind,
-            "digest": self.digest,
-            "signers": list(self.signers),
-            "files": self.files,
-            "size": self.size,
-            "active": self.active,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass
-class _Opened:
-    file: BinaryIO
-    members: dict[str, archive.Member]
-    verified: VerifiedManifest
 
 
 class BundleManager:
@@ -163,66 +122,32 @@ class BundleManager:
             limits=self.limits,
         )
 
-    def _open(self, path: Path, stack: list[BinaryIO]) -> _Opened | records.InstalledBundle:
-        """Scan and verify a bundle's metadata; an identical installed bundle is returned as is."""
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the caller through `stack`
-        except FileNotFoundError as e:
-            raise BundleError(f"bundle file {path} does not exist") from e
-        except OSError as e:
-            raise BundleError(f"cannot read bundle file {path}: {e.strerror}") from e
-        stack.append(f)
-        if not os.path.isfile(path):
-            raise MalformedBundleError(f"{path} is not a regular file")
-        members = archive.scan(f, self.limits.max_files + 2)
-        for required in (archive.MANIFEST, archive.SIGNATURES):
-            if required not in members:
-                raise MalformedBundleError(f"bundle has no {required}")
-        manifest_raw = archive.read_member(
-            f, members[archive.MANIFEST], self.limits.manifest_max_bytes, "manifest.json"
-        )
-        signatures_raw = archive.read_member(
-            f, members[archive.SIGNATURES], self.limits.signatures_max_bytes, "signatures.json"
-        )
+    def _open(self, reader: BundleReader) -> VerifiedManifest | records.InstalledBundle:
+        """Verify a bundle's metadata; an identical installed bundle is returned as is."""
         try:
             verified = verify_metadata(
-                manifest_raw, signatures_raw, self.trust_snapshot(), self._context()
+                reader.manifest_raw, reader.signatures_raw, self.trust_snapshot(), self._context()
             )
         except RollbackError:
             # Signatures have passed by now: an identical bundle is a no-op, not an attack.
-            existing = records.by_digest(self.db, digest(manifest_raw))
+            existing = records.by_digest(self.db, digest(reader.manifest_raw))
             if existing is None:
                 raise
             return existing
-        _match_payload(verified.manifest, members)
-        return _Opened(f, members, verified)
+        reader.check_listing(verified.manifest)
+        return verified
 
     def verify_file(self, path: Path, progress: Progress | None = None) -> Outcome:
         """Full offline verification, payload hashes included; raises unless it would install."""
         started = time.perf_counter()
-        stack: list[BinaryIO] = []
-        try:
-            opened = self._open(path, stack)
-            if isinstance(opened, records.InstalledBundle):
-                return _outcome_of(opened, "already-installed", time.perf_counter() - started)
-            manifest = opened.verified.manifest
-            advance = reporter(progress, manifest.total_size)
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                for entry in manifest.files:
-                    member = opened.members[archive.PAYLOAD_PREFIX + entry.path]
-                    hash_member(
-                        opened.file,
-                        member,
-                        entry,
-                        dest=None,
-                        pool=pool,
-                        chunk_bytes=self.limits.copy_chunk_bytes,
-                        progress=advance,
-                    )
-            return _outcome(opened.verified, "verified", False, time.perf_counter() - started)
-        finally:
-            for f in stack:
-                f.close()
+        with BundleReader(path, self.limits) as reader:
+            verified = self._open(reader)
+            if isinstance(verified, records.InstalledBundle):
+                return Outcome.of_installed(
+                    verified, "already-installed", time.perf_counter() - started
+                )
+            reader.copy_payload(verified.manifest, None, progress)
+        return Outcome.of_verified(verified, "verified", False, time.perf_counter() - started)
 
     # -- installation ------------------------------------------------------------------------
 
@@ -241,12 +166,12 @@ class BundleManager:
     def _install_locked(
         self, path: Path, activate: bool, progress: Progress | None, started: float
     ) -> Outcome:
-        stack: list[BinaryIO] = []
-        try:
-            opened = self._open(path, stack)
-            if isinstance(opened, records.InstalledBundle):
-                return _outcome_of(opened, "already-installed", time.perf_counter() - started)
-            verified = opened.verified
+        with BundleReader(path, self.limits) as reader:
+            verified = self._open(reader)
+            if isinstance(verified, records.InstalledBundle):
+                return Outcome.of_installed(
+                    verified, "already-installed", time.perf_counter() - started
+                )
             manifest = verified.manifest
             if records.get(self.db, manifest.name, manifest.version) is not None:
                 raise RollbackError(
@@ -255,7 +180,7 @@ class BundleManager:
                 )
             staging = Path(tempfile.mkdtemp(prefix="install-", dir=self.home.staging_dir))
             try:
-                self._stage(opened, staging, progress)
+                self._stage(reader, verified, staging, progress)
                 final = self.home.bundle_dir(manifest.name, manifest.version)
                 final.parent.mkdir(exist_ok=True)
                 fsync_dir(self.home.bundles_dir)
@@ -263,23 +188,22 @@ class BundleManager:
             except BaseException:
                 remove_tree(staging)
                 raise
-            try:
-                # Moving a folder to a new parent needs write access to it (for non-root
-                # users), so the top folder turns read-only only once it is in place.
-                os.chmod(final, 0o555)
-                fsync_dir(final)
-                fsync_dir(final.parent)
-                make_active = self._commit(verified, activate)
-            except BaseException:
-                # Never leave an unrecorded version in place; a recorded one stays whatever
-                # was interrupted after the commit.
-                if records.get(self.db, manifest.name, manifest.version) is None:
-                    remove_tree(final)
-                raise
-            return _outcome(verified, "installed", make_active, time.perf_counter() - started)
-        finally:
-            for f in stack:
-                f.close()
+        try:
+            # Moving a folder to a new parent needs write access to it (for non-root users),
+            # so the top folder turns read-only only once it is in place.
+            os.chmod(final, 0o555)
+            fsync_dir(final)
+            fsync_dir(final.parent)
+            make_active = self._commit(verified, activate)
+        except BaseException:
+            # Never leave an unrecorded version in place; a recorded one stays whatever was
+            # interrupted after the commit.
+            if records.get(self.db, manifest.name, manifest.version) is None:
+                remove_tree(final)
+            raise
+        return Outcome.of_verified(
+            verified, "installed", make_active, time.perf_counter() - started
+        )
 
     def _commit(self, verified: VerifiedManifest, activate: bool) -> bool:
         """Record the bundle and apply its effect in one transaction; True if made active.
@@ -316,37 +240,21 @@ class BundleManager:
             trust.swap_in(self.home, prepared)
         return make_active
 
-    def _stage(self, opened: _Opened, staging: Path, progress: Progress | None) -> None:
-        verified = opened.verified
+    def _stage(
+        self,
+        reader: BundleReader,
+        verified: VerifiedManifest,
+        staging: Path,
+        progress: Progress | None,
+    ) -> None:
         _write_synced(staging / archive.MANIFEST, verified.raw)
         _write_synced(staging / archive.SIGNATURES, verified.signatures_raw)
         payload_root = staging / "payload"
         payload_root.mkdir()
-        folders = {payload_root}
-        advance = reporter(progress, verified.manifest.total_size)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            for entry in verified.manifest.files:
-                target = payload_root / entry.path
-                for parent in reversed(target.relative_to(payload_root).parents[:-1]):
-                    folder = payload_root / parent
-                    if folder not in folders:
-                        folder.mkdir()
-                        folders.add(folder)
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                with os.fdopen(fd, "wb", buffering=0) as dest:
-                    hash_member(
-                        opened.file,
-                        opened.members[archive.PAYLOAD_PREFIX + entry.path],
-                        entry,
-                        dest=dest,  # type: ignore[arg-type]
-                        pool=pool,
-                        chunk_bytes=self.limits.copy_chunk_bytes,
-                        progress=advance,
-                    )
-                    os.fsync(fd)
+        folders = reader.copy_payload(verified.manifest, payload_root, progress)
         make_read_only(staging)
-        os.chmod(staging, 0o700)
-        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        os.chmod(staging, 0o700)  # see _install_locked: read-only once in place
+        for folder in sorted(folders | {payload_root}, key=lambda p: len(p.parts), reverse=True):
             fsync_dir(folder)
         fsync_dir(staging)
 
@@ -419,20 +327,6 @@ class BundleManager:
             )
 
 
-def _match_payload(manifest: Manifest, members: dict[str, archive.Member]) -> None:
-    """The tar must hold exactly the listed files, each no larger than declared."""
-    listed = {entry.path: entry for entry in manifest.files}
-    for path, member in archive.iter_payload(members):
-        entry = listed.get(path)
-        if entry is None:
-            raise MalformedBundleError(f"payload/{path} is not listed in the manifest")
-        check_declared_size(entry, member)
-    present = {path for path, _ in archive.iter_payload(members)}
-    missing = sorted(set(listed) - present)
-    if missing:
-        raise MalformedBundleError(f"payload/{missing[0]} is listed in the manifest but missing")
-
-
 def _write_synced(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -446,36 +340,3 @@ def _prepare_keyring(home: Home, verified: VerifiedManifest) -> Path:
     assert keyring is not None
     keys = [PublicKey.from_raw(bytes.fromhex(k.public), k.name) for k in keyring.keys]
     return trust.prepare_store(home, keys, keyring.threshold, verified.digest)
-
-
-def _outcome(verified: VerifiedManifest, action: str, active: bool, seconds: float) -> Outcome:
-    m = verified.manifest
-    return Outcome(
-        action,
-        m.name,
-        m.version,
-        m.sequence,
-        m.kind,
-        verified.digest,
-        verified.signers,
-        len(m.files),
-        m.total_size,
-        active,
-        seconds,
-    )
-
-
-def _outcome_of(bundle: records.InstalledBundle, action: str, seconds: float) -> Outcome:
-    return Outcome(
-        action,
-        bundle.name,
-        bundle.version,
-        bundle.sequence,
-        bundle.kind,
-        bundle.digest,
-        bundle.signers,
-        len(bundle.manifest.get("files", [])),
-        bundle.total_size,
-        bundle.active,
-        seconds,
-    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlite_utils
@@ -35,20 +35,11 @@ class InstalledBundle:
     manifest: dict[str, Any]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "sequence": self.sequence,
-            "kind": self.kind,
-            "digest": self.digest,
-            "signers": list(self.signers),
-            "created": self.created,
-            "expires": self.expires,
-            "size": self.total_size,
-            "installed_at": self.installed_at,
-            "active": self.active,
-            "revoked": self.revoked,
-        }
+        document = asdict(self)
+        del document["manifest"]
+        document["size"] = document.pop("total_size")
+        document["signers"] = list(self.signers)
+        return document
 
 
 _SELECT = """

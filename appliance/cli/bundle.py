@@ -19,7 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from appliance.bundles import pack as packer
-from appliance.bundles.installer import BundleManager, Outcome
+from appliance.bundles.installer import BundleManager
+from appliance.bundles.outcome import Outcome
 from appliance.bundles.records import InstalledBundle
 from appliance.cli.common import JSON_OPTION, console, err_console, home, print_json
 
