@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -106,23 +108,30 @@ def pack(src: Path, out: Path, now: datetime | None = None) -> Manifest:
     """Write an unsigned bundle of `src` to `out` (atomically: a temp file, then a rename)."""
     manifest, paths = build_manifest(src, now)
     manifest_raw = canonical_bytes(manifest.to_json_obj())
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with _replacing(out) as f:
+        f.write(archive.header(archive.MANIFEST, len(manifest_raw)))
+        f.write(manifest_raw + archive.padding(len(manifest_raw)))
+        for entry, path in zip(manifest.files, paths, strict=True):
+            f.write(archive.header(archive.PAYLOAD_PREFIX + entry.path, entry.size))
+            _copy_exact(path, entry.size, entry.sha256, f)
+            f.write(archive.padding(entry.size))
+        _write_signatures(f, {"signatures": []})
+    return manifest
+
+
+@contextmanager
+def _replacing(target: Path) -> Iterator[BinaryIO]:
+    """Write a file beside `target` and rename it over `target` only once it is complete."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("wb") as f:
-            f.write(archive.header(archive.MANIFEST, len(manifest_raw)))
-            f.write(manifest_raw + archive.padding(len(manifest_raw)))
-            for entry, path in zip(manifest.files, paths, strict=True):
-                f.write(archive.header(archive.PAYLOAD_PREFIX + entry.path, entry.size))
-                _copy_exact(path, entry.size, entry.sha256, f)
-                f.write(archive.padding(entry.size))
-            _write_signatures(f, {"signatures": []})
+            yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, out)
+        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return manifest
 
 
 def _write_signatures(f: BinaryIO, document: dict[str, Any]) -> None:
@@ -162,18 +171,10 @@ def sign(bundle: Path, key_file: Path, limits: BundleLimits | None = None) -> st
         kept.append({"keyid": keyid, "sig": private.sign(manifest_raw).hex()})
         kept.sort(key=lambda s: s["keyid"])
         tail_start = sig_member.offset - archive.BLOCK
-        tmp = bundle.with_name(f".{bundle.name}.tmp-{os.getpid()}")
-        try:
-            with tmp.open("wb") as out:
-                f.seek(0)
-                _copy_prefix(f, out, tail_start)
-                _write_signatures(out, {"signatures": kept})
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, bundle)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with _replacing(bundle) as out:
+            f.seek(0)
+            _copy_prefix(f, out, tail_start)
+            _write_signatures(out, {"signatures": kept})
     return keyid
 
 
