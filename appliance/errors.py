@@ -11,6 +11,9 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
     ├── StateError                      state.db is unusable or inconsistent
     ├── KeyFileError                    a key file is missing, unreadable or malformed
     ├── TrustError                      the trust store refuses an operation
+    ├── ModelError                      a model cannot be loaded or used
+    │   ├── ModelLoadError              weights unreadable, or not enough memory
+    │   └── ModelNotFoundError          no active model of that name
     └── BundleError                     a bundle is refused; nothing was changed
         ├── MalformedBundleError        the file is not a well-formed bundle
         │   ├── UnsafeArchiveError      hostile tar: paths, links, devices, duplicates
@@ -70,6 +73,18 @@ class KeyFileError(ApplianceError):
 
 class TrustError(ApplianceError):
     """The trust store refuses an operation."""
+
+
+class ModelError(ApplianceError):
+    """A model cannot be loaded or used."""
+
+
+class ModelLoadError(ModelError):
+    """The model's weights cannot be loaded (unreadable, unsupported, or too large)."""
+
+
+class ModelNotFoundError(ModelError):
+    """No active model has that name."""
 
 
 class BundleError(ApplianceError):

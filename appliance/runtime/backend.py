@@ -1,0 +1,105 @@
+"""The one small interface every model runner implements: load, generate, embed, close.
+
+A backend runs one model on one thread at a time; the model manager owns the threads and the
+queues in front of them. Generation is an iterator of ``TokenEvent``: the caller stops it by
+setting the request's ``cancel`` event (a client that went away) or by not asking for more.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the runtime needs to know to load one installed model bundle."""
+
+    name: str  # the bundle name: what clients put in "model"
+    version: str
+    digest: str  # bundle digest: identifies the exact signed bytes
+    root: Path  # bundles/NAME/VERSION
+    format: Literal["gguf", "onnx"]
+    role: Literal["chat", "completion", "embedding", "classifier"]
+    context_length: int  # tokens
+    weights: Path  # the model file inside payload/
+    chat_template: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # other keys of the manifest's model
+
+    @property
+    def payload(self) -> Path:
+        return self.root / "payload"
+
+
+@dataclass
+class GenerationRequest:
+    """One completion: the prompt is text (chat templates are applied before this)."""
+
+    prompt: str
+    max_tokens: int = 128  # tokens
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    top_logprobs: int = 0  # alternatives to report per token (0: only the chosen one)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One generated token, with its log-probability under the model (before sampling)."""
+
+    token_id: int
+    text: str  # the text this token adds (may be "" while a UTF-8 sequence is incomplete)
+    logprob: float
+    top_logprobs: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Summary once generation has ended."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+
+class Generation(Protocol):
+    """An in-progress generation: iterate for tokens, then read ``result``."""
+
+    def __iter__(self) -> Iterator[TokenEvent]: ...
+
+    @property
+    def result(self) -> GenerationResult: ...
+
+
+class Backend(Protocol):
+    """A loaded (or loadable) model."""
+
+    spec: ModelSpec
+
+    def load(self) -> None:
+        """Load the weights; raise ``ModelLoadError`` with a clear message on failure."""
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model's tokenizer makes of `text` (for limits and usage)."""
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """Start generating; chat/completion models only."""
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        """Embeddings for each text and the number of input tokens; embedding models only."""
+
+    def close(self) -> None:
+        """Free the model's memory."""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: "gpu" or "cpu"."""
