@@ -27,6 +27,21 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8750, ge=1, le=65535)
     auth: Literal["tokens", "none"] = "tokens"
+    # Host headers accepted besides the loopback names and `host` itself (DNS rebinding guard).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1 * MiB, ge=1 * KiB)  # bytes per request body
+    max_prompt_tokens: int = Field(default=8192, ge=1)  # tokens in one prompt
+    max_tokens: int = Field(default=2048, ge=1)  # the largest `max_tokens` a request may ask
+    default_max_tokens: int = Field(default=256, ge=1)  # when a request names none
+    request_timeout_s: float = Field(default=300.0, gt=0)  # seconds, queueing included
+    max_embedding_inputs: int = Field(default=256, ge=1)  # texts in one embeddings request
+
+
+class RuntimeSettings(_Strict):
+    queue_size: int = Field(default=16, ge=1)  # requests waiting per model
+    keep_alive_s: float = Field(default=1800.0, gt=0)  # seconds an idle model stays loaded
+    preload: bool = True  # load every active model at start, not on its first request
+    refresh_interval_s: float = Field(default=2.0, gt=0)  # seconds between state/inbox checks
 
 
 class UpstreamSettings(_Strict):
@@ -65,6 +80,7 @@ class Settings(_Strict):
     server: ServerSettings = Field(default_factory=ServerSettings)
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     bundles: BundleSettings = Field(default_factory=BundleSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
 
 def _describe(error: ValidationError, source: Path) -> str:

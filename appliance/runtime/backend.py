@@ -54,10 +54,11 @@ class GenerationRequest:
 class TokenEvent:
     """One generated token, with its log-probability under the model (before sampling)."""
 
-    token_id: int
-    text: str  # the text this token adds (may be "" while a UTF-8 sequence is incomplete)
+    token_id: int  # -1 for a closing event that only releases held-back text
+    text: str  # text released now (held back while it may still become a stop string)
     logprob: float
     top_logprobs: tuple[tuple[str, float], ...] = ()
+    token: str = ""  # this token's own text, for logprobs
 
 
 @dataclass(frozen=True)

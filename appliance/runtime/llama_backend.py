@@ -1,0 +1,216 @@
+"""GGUF chat/completion models through llama-cpp-python.
+
+Per-token log-probabilities come from each step's logits, read in place from llama.cpp's
+buffer (``llama_get_logits_ith``), so ``logits_all`` stays off: with Gemma's 262k vocabulary
+that would keep n_ctx x vocab floats (about 2 GB at n_ctx 2048).
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import psutil
+
+from appliance.errors import ModelError, ModelLoadError
+from appliance.runtime import templates
+from appliance.runtime.backend import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    ModelSpec,
+    TokenEvent,
+)
+from appliance.runtime.gpu import gpu_present
+
+
+def default_threads() -> int:
+    """One thread per physical core (llama-cpp-python's own default is half of them)."""
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+class LlamaBackend:
+    def __init__(self, spec: ModelSpec, n_threads: int | None = None) -> None:
+        if spec.format != "gguf":
+            raise ModelLoadError(
+                f"{spec.name}: the llama.cpp backend loads GGUF, not {spec.format}"
+            )
+        self.spec = spec
+        self.n_threads = n_threads or default_threads()
+        self._llm: Any = None
+        self._template = ""
+        self._device = "cpu"
+        self._lock = threading.Lock()  # a llama context serves one generation at a time
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def load(self) -> None:
+        import llama_cpp
+
+        offload = gpu_present() and bool(llama_cpp.llama_supports_gpu_offload())
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(self.spec.weights),
+                n_ctx=self.spec.context_length,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_gpu_layers=-1 if offload else 0,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            spec = self.spec
+            raise ModelLoadError(
+                f"cannot load {spec.name} {spec.version} from {spec.weights.name}: {e}"
+            ) from e
+        self._device = "gpu" if offload else "cpu"
+        self._template = templates.choose_template(self.spec.chat_template, self._llm.metadata)
+        self._eog = llama_cpp.llama_vocab_is_eog
+        self._vocab = self._llm._model.vocab
+        self._n_vocab = self._llm.n_vocab()
+
+    def close(self) -> None:
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+
+    def _require(self) -> Any:
+        if self._llm is None:
+            raise ModelError(f"{self.spec.name} is not loaded")
+        return self._llm
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        self._require()
+        return templates.render(self._template, messages)
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it makes no embeddings")
+
+    def generate(self, request: GenerationRequest) -> LlamaGeneration:
+        if self.spec.role not in ("chat", "completion"):
+            raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it does not generate")
+        return LlamaGeneration(self, request)
+
+
+class LlamaGeneration:
+    """One generation on a loaded model; iterate it for TokenEvents, then read ``result``."""
+
+    def __init__(self, backend: LlamaBackend, request: GenerationRequest) -> None:
+        self._backend = backend
+        self._request = request
+        self._result: GenerationResult | None = None
+
+    @property
+    def result(self) -> GenerationResult:
+        if self._result is None:
+            raise RuntimeError("generation has not finished")
+        return self._result
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        backend, request = self._backend, self._request
+        with backend._lock:
+            yield from self._run(backend, request)
+
+    def _run(self, backend: LlamaBackend, request: GenerationRequest) -> Iterator[TokenEvent]:
+        llm = backend._require()
+        started = time.perf_counter()
+        prompt = backend.tokenize(request.prompt)
+        room = backend.spec.context_length - len(prompt)
+        if room <= 0:
+            raise ModelError(
+                f"prompt is {len(prompt)} tokens; {backend.spec.name} holds "
+                f"{backend.spec.context_length}"
+            )
+        budget = min(request.max_tokens, room)
+        llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
+        greedy = request.temperature <= 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = [s for s in request.stop if s]
+        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop
+        text, emitted, produced = "", 0, 0
+        finish: FinishReason = "length"
+        tokens = llm.generate(
+            prompt,
+            temp=0.0 if greedy else request.temperature,
+            top_p=1.0 if greedy else request.top_p,
+            top_k=0,
+            min_p=0.0,
+            repeat_penalty=1.0,
+        )
+        for token in tokens:
+            if request.cancel.is_set():
+                finish = "cancelled"
+                break
+            if backend._eog(backend._vocab, token):
+                finish = "stop"
+                break
+            logprob, alternatives = _logprobs(llm, backend._n_vocab, token, request.top_logprobs)
+            produced += 1
+            raw = llm.detokenize([token])
+            text += decoder.decode(raw)
+            cut = _first_stop(text, stops)
+            if cut is not None:
+                text = text[:cut]
+                finish = "stop"
+            release = len(text) if cut is not None else max(emitted, len(text) - hold)
+            piece, emitted = text[emitted:release], release
+            yield TokenEvent(
+                token, piece, logprob, alternatives, raw.decode("utf-8", errors="replace")
+            )
+            if cut is not None or produced >= budget:
+                break
+        if finish != "stop" or not stops:
+            text += decoder.decode(b"", final=True)
+        if emitted < len(text):
+            # what was held back for a possible stop string, now known not to be one
+            yield TokenEvent(-1, text[emitted:], 0.0)
+        self._result = GenerationResult(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=len(prompt),
+            completion_tokens=produced,
+            seconds=time.perf_counter() - started,
+        )
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _logprobs(
+    llm: Any, n_vocab: int, token: int, top_n: int
+) -> tuple[float, tuple[tuple[str, float], ...]]:
+    """log softmax of the step's logits at `token` (and the `top_n` best alternatives)."""
+    import llama_cpp
+
+    pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+    logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))  # a view: no copy
+    peak = float(logits.max())
+    log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+    chosen = float(logits[token]) - log_total
+    if top_n <= 0:
+        return chosen, ()
+    best = np.argpartition(logits, -top_n)[-top_n:]
+    best = best[np.argsort(logits[best])[::-1]]
+    alternatives = tuple(
+        (
+            llm.detokenize([int(i)]).decode("utf-8", errors="replace"),
+            float(logits[i]) - log_total,
+        )
+        for i in best
+    )
+    return chosen, alternatives

@@ -1,0 +1,261 @@
+"""The model manager: which models are loaded, the queue and thread in front of each.
+
+Each active model bundle gets a ``ModelWorker``: one backend, one thread, one bounded queue.
+``refresh`` follows state.db: a newly activated version is loaded beside the old one, new
+requests go to it at once, and the old worker finishes what it has queued before it closes,
+so a swap fails no request. A model idle longer than its keep-alive is unloaded and loaded
+again on the next request. Nothing is loaded that would not fit in the memory left.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from appliance.bundles import records
+from appliance.errors import ApplianceError, ModelLoadError, ModelNotFoundError
+from appliance.home import Home
+from appliance.runtime.backend import Backend, ModelSpec
+from appliance.settings import RuntimeSettings
+from appliance.state import open_state
+
+log = logging.getLogger("appliance.runtime")
+
+SERVED_ROLES = ("chat", "completion", "embedding", "classifier")
+MEMORY_OVERHEAD = 1.2  # the weights' size times this, plus the KV estimate, must fit
+KV_BYTES_PER_TOKEN = 64 * 1024  # bytes; a conservative KV-cache estimate for small models
+
+
+class QueueFullError(ApplianceError):
+    """The model's queue is full; the caller should retry later (HTTP 503)."""
+
+
+@dataclass
+class Job:
+    """Work for a worker thread: `run(backend)` is called there, once, unless cancelled."""
+
+    run: Callable[[Backend], None]
+    cancelled: Callable[[], bool]
+    fail: Callable[[BaseException], None]
+
+
+def spec_from_record(home: Home, bundle: records.InstalledBundle) -> ModelSpec:
+    model: dict[str, Any] = dict(bundle.manifest["model"])
+    root = home.bundle_dir(bundle.name, bundle.version)
+    known = ("format", "role", "context_length", "file", "chat_template")
+    return ModelSpec(
+        name=bundle.name,
+        version=bundle.version,
+        digest=bundle.digest,
+        root=root,
+        format=model["format"],
+        role=model["role"],
+        context_length=model["context_length"],
+        weights=root / "payload" / model["file"],
+        chat_template=model.get("chat_template"),
+        extra={k: v for k, v in model.items() if k not in known},
+    )
+
+
+def default_backend(spec: ModelSpec) -> Backend:
+    if spec.format == "gguf":
+        from appliance.runtime.llama_backend import LlamaBackend
+
+        return LlamaBackend(spec)
+    from appliance.runtime.onnx_backend import OnnxBackend
+
+    return OnnxBackend(spec)
+
+
+def check_memory(spec: ModelSpec, available: int | None = None) -> None:
+    """Refuse a model that would not fit in the memory that is free now."""
+    free = psutil.virtual_memory().available if available is None else available
+    weights = spec.weights.stat().st_size
+    needed = int(weights * MEMORY_OVERHEAD) + spec.context_length * KV_BYTES_PER_TOKEN
+    if needed > free:
+        raise ModelLoadError(
+            f"{spec.name} {spec.version} needs about {needed // 2**20} MiB of memory; "
+            f"{free // 2**20} MiB are available"
+        )
+
+
+class ModelWorker:
+    """One loaded model behind one thread and one bounded queue."""
+
+    def __init__(self, backend: Backend, queue_size: int) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        self.last_used = time.monotonic()
+        self.busy = False
+        self._accepting = True
+        self._thread = threading.Thread(
+            target=self._serve, name=f"model-{self.spec.name}-{self.spec.version}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() + (1 if self.busy else 0)
+
+    def submit(self, job: Job) -> None:
+        if not self._accepting:
+            raise QueueFullError(f"{self.spec.name} {self.spec.version} is being replaced")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full as e:
+            raise QueueFullError(
+                f"the queue for {self.spec.name} is full ({self._queue.maxsize} requests)"
+            ) from e
+        self.last_used = time.monotonic()
+
+    def _serve(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                break
+            if job.cancelled():
+                continue
+            self.busy = True
+            try:
+                job.run(self.backend)
+            except BaseException as e:
+                job.fail(e)
+            finally:
+                self.busy = False
+                self.last_used = time.monotonic()
+        self.backend.close()
+
+    def retire(self) -> None:
+        """Stop taking work; finish what is queued, then free the model (in the background)."""
+        self._accepting = False
+        self._queue.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+
+class ModelManager:
+    """The active models of one home, loaded on demand and swapped on activation."""
+
+    def __init__(
+        self,
+        home: Home,
+        settings: RuntimeSettings,
+        backend_factory: Callable[[ModelSpec], Backend] = default_backend,
+    ) -> None:
+        self.home = home
+        self.settings = settings
+        self._factory = backend_factory
+        self._lock = threading.RLock()
+        self._load_lock = threading.Lock()
+        self._specs: dict[str, ModelSpec] = {}
+        self._workers: dict[str, ModelWorker] = {}
+        self.errors: dict[str, str] = {}  # model name -> why it could not be loaded
+
+    # -- what should be served ------------------------------------------------------------
+
+    def _active_specs(self) -> dict[str, ModelSpec]:
+        db = open_state(self.home)
+        try:
+            active = records.query(db, "WHERE a.version IS NOT NULL AND b.kind = 'model'")
+        finally:
+            db.close()
+        specs = {}
+        for bundle in active:
+            spec = spec_from_record(self.home, bundle)
+            if spec.role in SERVED_ROLES:
+                specs[spec.name] = spec
+        return specs
+
+    def refresh(self) -> None:
+        """Follow state.db: load newly activated versions, retire replaced and removed ones."""
+        specs = self._active_specs()
+        with self._lock:
+            self._specs = specs
+            for name in list(self._workers):
+                if name not in specs:
+                    self._workers.pop(name).retire()
+        for name, spec in specs.items():
+            current = self._workers.get(name)
+            if current is None and not self.settings.preload:
+                continue
+            if current is not None and current.spec.digest == spec.digest:
+                continue
+            try:
+                self._load(spec)
+            except ApplianceError as e:
+                self.errors[name] = str(e)
+                log.error("model %s %s not loaded: %s", spec.name, spec.version, e)
+
+    def _load(self, spec: ModelSpec) -> ModelWorker:
+        with self._load_lock:
+            current = self._workers.get(spec.name)
+            if current is not None and current.spec.digest == spec.digest:
+                return current
+            check_memory(spec)
+            backend = self._factory(spec)
+            backend.load()
+            worker = ModelWorker(backend, self.settings.queue_size)
+            with self._lock:
+                previous = self._workers.get(spec.name)
+                self._workers[spec.name] = worker
+                self.errors.pop(spec.name, None)
+            if previous is not None:
+                previous.retire()
+            log.info("model %s %s loaded on %s", spec.name, spec.version, backend.device)
+            return worker
+
+    # -- serving ----------------------------------------------------------------------------
+
+    def specs(self) -> list[ModelSpec]:
+        with self._lock:
+            return sorted(self._specs.values(), key=lambda s: s.name)
+
+    def worker(self, name: str) -> ModelWorker:
+        """The worker for `name`, loading it if it is active but not loaded."""
+        with self._lock:
+            worker = self._workers.get(name)
+            spec = self._specs.get(name)
+        if worker is not None:
+            return worker
+        if spec is None:
+            raise ModelNotFoundError(f"no active model named '{name}'")
+        return self._load(spec)
+
+    def reap_idle(self, now: float | None = None) -> list[str]:
+        """Unload models idle for longer than the keep-alive; returns their names."""
+        now = time.monotonic() if now is None else now
+        reaped = []
+        with self._lock:
+            for name, worker in list(self._workers.items()):
+                idle = now - worker.last_used
+                if worker.depth == 0 and idle > self.settings.keep_alive_s:
+                    self._workers.pop(name).retire()
+                    reaped.append(name)
+        return reaped
+
+    def loaded(self) -> dict[str, ModelWorker]:
+        with self._lock:
+            return dict(self._workers)
+
+    def ready(self) -> bool:
+        """Every active model is loaded, or was unloaded only for being idle."""
+        with self._lock:
+            return not any(name in self.errors for name in self._specs)
+
+    def close(self) -> None:
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.retire()
+        for worker in workers:
+            worker.join(timeout=30)
