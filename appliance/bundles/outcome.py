@@ -29,17 +29,34 @@ class Outcome:
     ) -> Outcome:
         m = verified.manifest
         return cls(
-            action, m.name, m.version, m.sequence, m.kind, verified.digest, verified.signers,
-            len(m.files), m.total_size, active, seconds,
-        )  # fmt: skip
+            action,
+            m.name,
+            m.version,
+            m.sequence,
+            m.kind,
+            verified.digest,
+            verified.signers,
+            len(m.files),
+            m.total_size,
+            active,
+            seconds,
+        )
 
     @classmethod
     def of_installed(cls, bundle: InstalledBundle, action: str, seconds: float) -> Outcome:
         return cls(
-            action, bundle.name, bundle.version, bundle.sequence, bundle.kind, bundle.digest,
-            bundle.signers, len(bundle.manifest.get("files", [])), bundle.total_size,
-            bundle.active, seconds,
-        )  # fmt: skip
+            action,
+            bundle.name,
+            bundle.version,
+            bundle.sequence,
+            bundle.kind,
+            bundle.digest,
+            bundle.signers,
+            len(bundle.manifest.get("files", [])),
+            bundle.total_size,
+            bundle.active,
+            seconds,
+        )
 
     def to_json(self) -> dict[str, Any]:
         document = asdict(self)
