@@ -11,6 +11,7 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
     ├── StateError                      state.db is unusable or inconsistent
     ├── KeyFileError                    a key file is missing, unreadable or malformed
     ├── TrustError                      the trust store refuses an operation
+    ├── TokenError                      a device token operation is refused
     ├── ModelError                      a model cannot be loaded or used
     │   ├── ModelLoadError              weights unreadable, or not enough memory
     │   └── ModelNotFoundError          no active model of that name
@@ -73,6 +74,10 @@ class KeyFileError(ApplianceError):
 
 class TrustError(ApplianceError):
     """The trust store refuses an operation."""
+
+
+class TokenError(ApplianceError):
+    """A device token operation is refused (bad name, duplicate, unknown device)."""
 
 
 class ModelError(ApplianceError):

@@ -5,13 +5,16 @@ from __future__ import annotations
 import sys
 import traceback
 
-from appliance.cli import bundle, keys, trust
+from appliance.cli import bundle, daemon, keys, tokens, trust
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
 
 app.add_typer(keys.app, name="keys")
 app.add_typer(trust.app, name="trust")
 app.add_typer(bundle.app, name="bundle")
+app.add_typer(tokens.app, name="tokens")
+app.command("serve")(daemon.serve)
+app.command("demo")(daemon.demo)
 
 
 def main(argv: list[str] | None = None) -> int:

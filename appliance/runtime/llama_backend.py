@@ -135,6 +135,7 @@ class LlamaGeneration:
                 f"{backend.spec.context_length}"
             )
         budget = min(request.max_tokens, room)
+        _keep_cache_only_for_a_repeat(llm, prompt)
         llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
         greedy = request.temperature <= 0
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -184,6 +185,20 @@ class LlamaGeneration:
             completion_tokens=produced,
             seconds=time.perf_counter() - started,
         )
+
+
+def _keep_cache_only_for_a_repeat(llm: Any, prompt: list[int]) -> None:
+    """Reuse the KV cache only when it already holds this whole prompt; else start afresh.
+
+    Measured with Gemma 3 (sliding-window attention) in llama.cpp 0.3.36: re-evaluating the
+    tail of a partly reused cache gives logits that differ from a fresh evaluation (up to
+    0.03 in a token's log-probability), enough to change a seeded sample. An appliance must
+    answer a request the same whatever another device asked before it, so a partial match
+    is evaluated from scratch; an exact repeat (its last token replayed) is bit-identical.
+    """
+    cached = llm._input_ids[: llm.n_tokens]
+    if len(cached) < len(prompt) or list(cached[: len(prompt)]) != prompt:
+        llm.reset()
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -1,0 +1,128 @@
+"""The daemon's HTTP application and its background duties.
+
+``create_app`` wires the pieces; a background task follows state.db (newly activated
+bundles), picks up bundles from the inbox and USB paths, and unloads idle models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from appliance import __version__
+from appliance.api import openai_routes
+from appliance.api.errors import install_handlers
+from appliance.api.security import GuardMiddleware, is_loopback
+from appliance.errors import ConfigError
+from appliance.home import Home
+from appliance.runtime.manager import ModelManager
+from appliance.settings import Settings
+from appliance.tokens import TokenStore
+
+log = logging.getLogger("appliance.daemon")
+
+
+def check_bind(settings: Settings) -> None:
+    if settings.server.auth == "none" and not is_loopback(settings.server.host):
+        raise ConfigError(
+            f'server.auth = "none" is allowed only on loopback, not on {settings.server.host}'
+        )
+
+
+def _scan_inbox(home: Home, settings: Settings) -> list[Any]:
+    from appliance.bundles.inbox import scan_once
+    from appliance.bundles.installer import BundleManager
+
+    manager = BundleManager(home, settings)
+    try:
+        return scan_once(manager, [Path(p) for p in settings.bundles.usb_paths])
+    finally:
+        manager.close()
+
+
+def _recover(home: Home, settings: Settings) -> None:
+    """Finish or clear what an interrupted install left, before anything is served."""
+    from appliance.bundles.installer import BundleManager
+
+    manager = BundleManager(home, settings)
+    try:
+        manager.recover()
+    finally:
+        manager.close()
+
+
+async def _housekeeping(app: FastAPI) -> None:
+    home: Home = app.state.home
+    settings: Settings = app.state.settings
+    models: ModelManager = app.state.models
+    while True:
+        await asyncio.sleep(settings.runtime.refresh_interval_s)
+        try:
+            results = await asyncio.to_thread(_scan_inbox, home, settings)
+            for result in results:
+                log.info("inbox: %s", result.to_json())
+            await asyncio.to_thread(models.refresh)
+            for name in models.reap_idle():
+                log.info("model %s unloaded after keep-alive", name)
+        except Exception:
+            log.exception("housekeeping failed; will retry")
+
+
+def create_app(home: Home, settings: Settings, models: ModelManager | None = None) -> FastAPI:
+    check_bind(settings)
+    models = models if models is not None else ModelManager(home, settings.runtime)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(_recover, home, settings)
+        await asyncio.to_thread(models.refresh)
+        task = asyncio.create_task(_housekeeping(app))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await asyncio.to_thread(models.close)
+
+    app = FastAPI(
+        title="Appliance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.home = home
+    app.state.settings = settings
+    app.state.models = models
+    app.state.tokens = TokenStore(home)
+    install_handlers(app)
+    app.include_router(openai_routes.router)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        manager: ModelManager = request.app.state.models
+        loaded = manager.loaded()
+        models_state = {
+            spec.name: {
+                "version": spec.version,
+                "loaded": spec.name in loaded,
+                "device": loaded[spec.name].backend.device if spec.name in loaded else None,
+                "error": manager.errors.get(spec.name),
+            }
+            for spec in manager.specs()
+        }
+        ready = manager.ready()
+        return JSONResponse(
+            {"ready": ready, "models": models_state}, status_code=200 if ready else 503
+        )
+
+    app.add_middleware(GuardMiddleware, server=settings.server)  # type: ignore[arg-type]
+    return app

@@ -1,0 +1,99 @@
+"""Errors on the wire: one JSON shape, OpenAI's, for every failure.
+
+{"error": {"type": "...", "message": "...", "code": "...", "param": null}}
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from appliance.errors import ModelError, ModelLoadError, ModelNotFoundError
+from appliance.runtime.manager import QueueFullError
+
+RETRY_AFTER_S = 2  # seconds a client is told to wait when a queue is full
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.code, self.param, self.headers = code, param, headers or {}
+
+
+def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict:
+    return {"error": {"type": type, "message": message, "code": code, "param": param}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    return JSONResponse(
+        error_body(error.message, error.type, error.code, error.param),
+        status_code=error.status,
+        headers=error.headers,
+    )
+
+
+def limit_exceeded(what: str, value: int, limit: int, unit: str, param: str | None) -> APIError:
+    return APIError(
+        400,
+        f"{what} is {value} {unit}, over the limit of {limit} {unit}",
+        code="limit_exceeded",
+        param=param,
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api(_: Request, error: APIError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+        return error_response(APIError(400, message, code="invalid_request", param=where or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return error_response(APIError(error.status_code, str(error.detail), type=kind))
+
+    @app.exception_handler(QueueFullError)
+    async def _full(_: Request, error: QueueFullError) -> JSONResponse:
+        return error_response(
+            APIError(
+                503,
+                str(error),
+                type="overloaded_error",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        )
+
+    @app.exception_handler(ModelNotFoundError)
+    async def _no_model(_: Request, error: ModelNotFoundError) -> JSONResponse:
+        return error_response(
+            APIError(404, str(error), type="not_found_error", code="model_not_found", param="model")
+        )
+
+    @app.exception_handler(ModelLoadError)
+    async def _unloadable(_: Request, error: ModelLoadError) -> JSONResponse:
+        return error_response(
+            APIError(503, str(error), type="server_error", code="model_unavailable")
+        )
+
+    @app.exception_handler(ModelError)
+    async def _model(_: Request, error: ModelError) -> JSONResponse:
+        return error_response(APIError(400, str(error), code="model_error"))

@@ -1,0 +1,120 @@
+"""Between the event loop and the model threads: submit work, await its events.
+
+A generation runs on its model's worker thread and hands each token to the event loop as it
+comes. When the consumer stops listening (the client disconnected, the request timed out,
+or the answer is complete) the request's cancel event is set, and the worker stops at the
+next token instead of generating for nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.api.errors import APIError, limit_exceeded
+from appliance.runtime.backend import Backend, GenerationRequest, GenerationResult, TokenEvent
+from appliance.runtime.manager import Job, ModelWorker
+from appliance.settings import ServerSettings
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """Either raw completion text or chat messages (rendered on the model's thread)."""
+
+    text: str | None = None
+    messages: Sequence[dict[str, Any]] | None = None
+
+    def render(self, backend: Backend) -> str:
+        if self.messages is not None:
+            return backend.render_chat(self.messages)  # type: ignore[attr-defined]
+        return self.text or ""
+
+
+class _Bridge:
+    """Carries items from a worker thread into an asyncio queue, safely."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, item: Any) -> None:
+        # RuntimeError: the loop is gone (shutdown); nobody is waiting for this item.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+async def _drain(
+    bridge: _Bridge, deadline: float, cancel: Callable[[], None]
+) -> AsyncIterator[Any]:
+    try:
+        while True:
+            remaining = deadline - bridge.loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            item = await asyncio.wait_for(bridge.queue.get(), remaining)
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, GenerationResult | _Done):
+                return
+    except TimeoutError as e:
+        raise APIError(
+            504,
+            "request_timeout_s exceeded before the answer was complete",
+            type="timeout_error",
+            code="request_timeout",
+        ) from e
+    finally:
+        cancel()
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: Any
+
+
+async def generate(
+    worker: ModelWorker,
+    source: PromptSource,
+    request: GenerationRequest,
+    limits: ServerSettings,
+) -> AsyncIterator[TokenEvent | GenerationResult]:
+    """Queue a generation on `worker`; yield its TokenEvents, then its GenerationResult."""
+    bridge = _Bridge()
+    deadline = bridge.loop.time() + limits.request_timeout_s
+
+    def run(backend: Backend) -> None:
+        request.prompt = source.render(backend)
+        prompt_tokens = backend.count_tokens(request.prompt)
+        if prompt_tokens > limits.max_prompt_tokens:
+            raise limit_exceeded(
+                "the prompt", prompt_tokens, limits.max_prompt_tokens, "tokens", "messages"
+            )
+        generation = backend.generate(request)
+        for event in generation:
+            bridge.put(event)
+        bridge.put(generation.result)
+
+    worker.submit(Job(run=run, cancelled=request.cancel.is_set, fail=bridge.put))
+    async for item in _drain(bridge, deadline, request.cancel.set):
+        yield item
+
+
+async def embed(
+    worker: ModelWorker, texts: Sequence[str], limits: ServerSettings
+) -> tuple[list[list[float]], int]:
+    """Embeddings of `texts` from `worker`'s model, and the input token count."""
+    bridge = _Bridge()
+    deadline = bridge.loop.time() + limits.request_timeout_s
+    cancelled = asyncio.Event()
+
+    def run(backend: Backend) -> None:
+        bridge.put(_Done(backend.embed(texts)))
+
+    worker.submit(Job(run=run, cancelled=cancelled.is_set, fail=bridge.put))
+    async for item in _drain(bridge, deadline, cancelled.set):
+        return item.value  # type: ignore[no-any-return]
+    raise RuntimeError("embedding produced no result")
