@@ -5,8 +5,12 @@ One daemon (one loaded model) serves the whole module; generations stay short.
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
+import os
+import shutil
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +19,10 @@ import httpx
 import openai
 import pytest
 
+from appliance.bundles.pack import pack, sign
 from appliance.settings import RuntimeSettings, ServerSettings, Settings
 from tests.daemon import MODEL, Daemon, GemmaSource, gemma_source, start_daemon
+from tests.onnx_models import write_embedding_source
 
 SETTINGS = Settings(
     server=ServerSettings(
@@ -45,8 +51,85 @@ def client(daemon: Daemon) -> openai.OpenAI:
 
 
 def test_models_lists_the_active_bundle(client: openai.OpenAI):
-    models = client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    models = {m.id: m for m in client.models.list().data}
+    assert MODEL in models
+    assert models[MODEL].model_extra["appliance"]["role"] == "chat"
+
+
+def _signed_embedding_bundle(folder: Path, source: GemmaSource, name: str) -> Path:
+    src = write_embedding_source(folder / f"src-{name}", name=name)
+    bundle = folder / f"{name}.bundle"
+    pack(src, bundle)
+    sign(bundle, source.key.private)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def embedder(daemon: Daemon, source: GemmaSource, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An ONNX embedding bundle installed beside Gemma in the same daemon."""
+    daemon.install(_signed_embedding_bundle(tmp_path_factory.mktemp("onnx"), source, "mini-embed"))
+    return "mini-embed"
+
+
+def test_embeddings(client: openai.OpenAI, embedder: str):
+    raw = client.embeddings.with_raw_response.create(
+        model=embedder, input=["the quick brown fox", "hello world"]
+    )
+    result = raw.parse()
+
+    assert raw.headers["X-Appliance-Route"] == "local"
+    assert [d.index for d in result.data] == [0, 1]
+    vectors = [d.embedding for d in result.data]
+    assert all(len(v) == 16 for v in vectors)
+    assert all(abs(sum(x * x for x in v) - 1.0) < 1e-4 for v in vectors)
+    assert vectors[0] != vectors[1]
+    assert result.usage.prompt_tokens == 6
+    assert embedder in {m.id for m in client.models.list().data}
+
+
+def test_embeddings_base64_matches_floats(client: openai.OpenAI, embedder: str):
+    floats = client.embeddings.create(model=embedder, input="hello world").data[0].embedding
+    encoded = (
+        client.embeddings.create(model=embedder, input="hello world", encoding_format="base64")
+        .data[0]
+        .embedding
+    )
+    raw = base64.b64decode(encoded)  # type: ignore[arg-type]
+    decoded = struct.unpack(f"<{len(raw) // 4}f", raw)  # little-endian float32, as OpenAI's
+    assert decoded == pytest.approx(floats, abs=1e-6)
+
+
+def test_embeddings_from_a_chat_model_is_400(client: openai.OpenAI):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model=MODEL, input="x")
+    assert caught.value.body["code"] == "wrong_model_role"
+
+
+def test_generation_from_an_embedding_model_is_400(client: openai.OpenAI, embedder: str):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=embedder, prompt="x", max_tokens=2)
+    assert caught.value.body["code"] == "wrong_model_role"
+
+
+def test_bundle_dropped_in_the_inbox_is_served(
+    daemon: Daemon, source: GemmaSource, client: openai.OpenAI, tmp_path: Path
+):
+    bundle = _signed_embedding_bundle(tmp_path, source, "inbox-embed")
+    dropped = daemon.home.inbox_dir / bundle.name
+    shutil.copyfile(bundle, dropped)
+    settled = time.time() - 60
+    os.utime(dropped, (settled, settled))  # a finished copy, not one still being written
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if "inbox-embed" in {m.id for m in client.models.list().data}:
+            break
+        time.sleep(0.2)
+
+    assert "inbox-embed" in {m.id for m in client.models.list().data}
+    assert not dropped.exists()
+    assert (daemon.home.inbox_dir / "installed" / bundle.name).exists()
+    assert client.embeddings.create(model="inbox-embed", input="hello").data[0].embedding
 
 
 def test_chat_completion(client: openai.OpenAI):
