@@ -103,6 +103,18 @@ def _chat_logprob(event: TokenEvent) -> dict[str, Any]:
     }
 
 
+async def _collect(
+    events: AsyncIterator[TokenEvent | GenerationResult],
+) -> tuple[list[TokenEvent], GenerationResult]:
+    """All token events of a generation, and its result (for a non-streamed answer)."""
+    content: list[TokenEvent] = []
+    async for item in events:
+        if isinstance(item, GenerationResult):
+            return content, item
+        content.append(item)
+    raise RuntimeError("generation ended without a result")
+
+
 def _sse(document: dict[str, Any]) -> str:
     return f"data: {json.dumps(document, separators=(',', ':'))}\n\n"
 
@@ -177,14 +189,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
-    content: list[TokenEvent] = []
-    result: GenerationResult | None = None
-    async for item in events:
-        if isinstance(item, GenerationResult):
-            result = item
-        else:
-            content.append(item)
-    assert result is not None
+    content, result = await _collect(events)
     logprobs = None
     if wants_logprobs:
         logprobs = {"content": [_chat_logprob(e) for e in content if e.token_id >= 0]}
@@ -293,14 +298,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
 
-    content: list[TokenEvent] = []
-    result: GenerationResult | None = None
-    async for item in events:
-        if isinstance(item, GenerationResult):
-            result = item
-        else:
-            content.append(item)
-    assert result is not None
+    content, result = await _collect(events)
     logprobs = None
     if body.logprobs is not None:
         logprobs = _completion_logprobs(content, len(prefix))
