@@ -6,6 +6,7 @@ Every inference response says where it was answered: the ``X-Appliance-Route`` h
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -67,8 +68,13 @@ def _max_tokens(requested: int | None, request: Request) -> int:
     return requested
 
 
-def _generative_worker(request: Request, model: str) -> Any:
-    worker = _manager(request).worker(model)
+async def _worker(request: Request, model: str) -> Any:
+    # Off the event loop: a model unloaded for idleness is loaded again here (seconds).
+    return await asyncio.to_thread(_manager(request).worker, model)
+
+
+async def _generative_worker(request: Request, model: str) -> Any:
+    worker = await _worker(request, model)
     if worker.spec.role not in GENERATIVE:
         raise APIError(
             400,
@@ -121,7 +127,7 @@ def _sse(document: dict[str, Any]) -> str:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    worker = _generative_worker(request, body.model)
+    worker = await _generative_worker(request, body.model)
     wants_logprobs = body.logprobs or bool(body.top_logprobs)
     generation = GenerationRequest(
         prompt="",
@@ -230,7 +236,7 @@ def _completion_logprobs(events: list[TokenEvent], offset: int) -> dict[str, Any
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
-    worker = _generative_worker(request, body.model)
+    worker = await _generative_worker(request, body.model)
     generation = GenerationRequest(
         prompt="",
         max_tokens=_max_tokens(body.max_tokens, request),
@@ -324,7 +330,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
     texts = body.texts
     if len(texts) > limits.max_embedding_inputs:
         raise limit_exceeded("input", len(texts), limits.max_embedding_inputs, "texts", "input")
-    worker = _manager(request).worker(body.model)
+    worker = await _worker(request, body.model)
     if worker.spec.role != "embedding":
         raise APIError(
             400,

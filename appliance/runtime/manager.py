@@ -92,7 +92,11 @@ class ModelWorker:
     def __init__(self, backend: Backend, queue_size: int) -> None:
         self.backend = backend
         self.spec = backend.spec
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=queue_size)
+        # Unbounded underneath so that retire()'s stop marker never waits; the bound on
+        # requests is enforced in submit().
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue_size = queue_size
+        self._submit_lock = threading.Lock()
         self.last_used = time.monotonic()
         self.busy = False
         self._accepting = True
@@ -106,14 +110,14 @@ class ModelWorker:
         return self._queue.qsize() + (1 if self.busy else 0)
 
     def submit(self, job: Job) -> None:
-        if not self._accepting:
-            raise QueueFullError(f"{self.spec.name} {self.spec.version} is being replaced")
-        try:
+        with self._submit_lock:
+            if not self._accepting:
+                raise QueueFullError(f"{self.spec.name} {self.spec.version} is being replaced")
+            if self._queue.qsize() >= self._queue_size:
+                raise QueueFullError(
+                    f"the queue for {self.spec.name} is full ({self._queue_size} requests)"
+                )
             self._queue.put_nowait(job)
-        except queue.Full as e:
-            raise QueueFullError(
-                f"the queue for {self.spec.name} is full ({self._queue.maxsize} requests)"
-            ) from e
         self.last_used = time.monotonic()
 
     def _serve(self) -> None:
@@ -135,8 +139,9 @@ class ModelWorker:
 
     def retire(self) -> None:
         """Stop taking work; finish what is queued, then free the model (in the background)."""
-        self._accepting = False
-        self._queue.put(None)
+        with self._submit_lock:
+            self._accepting = False
+            self._queue.put_nowait(None)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

@@ -60,6 +60,11 @@ def choose_template(manifest_template: str | None, gguf_metadata: Mapping[str, s
     return CHATML
 
 
+def _raise_exception(message: str) -> None:
+    """What published templates call to refuse a conversation (e.g. roles out of order)."""
+    raise TemplateError(message)
+
+
 def render(template: str, messages: Sequence[Mapping[str, Any]], **extra: Any) -> str:
     """The prompt text for these messages, ending with the assistant's turn opened.
 
@@ -68,6 +73,7 @@ def render(template: str, messages: Sequence[Mapping[str, Any]], **extra: Any) -
     try:
         return _ENV.from_string(template).render(
             messages=list(messages),
+            raise_exception=_raise_exception,
             add_generation_prompt=True,
             bos_token="",
             eos_token="",
@@ -75,3 +81,5 @@ def render(template: str, messages: Sequence[Mapping[str, Any]], **extra: Any) -
         )
     except TemplateError as e:
         raise ModelError(f"chat template failed to render: {e}") from e
+    except Exception as e:  # a template's own runtime error (TypeError, ZeroDivisionError, …)
+        raise ModelError(f"chat template failed to render: {type(e).__name__}: {e}") from e
