@@ -13,6 +13,7 @@ from appliance.bundles.installer import BundleManager
 from appliance.bundles.pack import pack, sign
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime.backend import GenerationRequest, ModelSpec
+from appliance.runtime.manager import spec_from_record
 from appliance.runtime.onnx_backend import CPU, CUDA, OnnxBackend, choose_providers
 from tests.helpers import Key
 from tests.onnx_models import (
@@ -24,8 +25,6 @@ from tests.onnx_models import (
     write_embedding_source,
 )
 
-KNOWN = ("model", "format", "role", "context_length", "file", "chat_template")
-
 
 def _install(manager: BundleManager, workdir: Path, key: Key, src: Path) -> ModelSpec:
     """Pack, sign and install `src`; the ModelSpec of the installed manifest."""
@@ -34,19 +33,7 @@ def _install(manager: BundleManager, workdir: Path, key: Key, src: Path) -> Mode
     sign(bundle, key.private)
     outcome = manager.install(bundle)
     (record,) = [b for b in manager.list() if b.digest == outcome.digest]
-    model = dict(record.manifest["model"])
-    root = manager.home.bundle_dir(record.name, record.version)
-    return ModelSpec(
-        name=record.name,
-        version=record.version,
-        digest=record.digest,
-        root=root,
-        format=model["format"],
-        role=model["role"],
-        context_length=model["context_length"],
-        weights=root / "payload" / model["file"],
-        extra={k: v for k, v in model.items() if k not in KNOWN},
-    )
+    return spec_from_record(manager.home, record)
 
 
 def _loaded(spec: ModelSpec) -> Iterator[OnnxBackend]:
