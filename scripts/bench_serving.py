@@ -45,7 +45,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -58,6 +57,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
+from _bench import scratch
 
 from appliance.api.app import create_app
 from appliance.api.server import BackgroundServer, free_port
@@ -660,16 +660,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeat < 1 or args.max_tokens < 1:
         parser.error("--repeat and --max-tokens must be at least 1")
-    parent = args.workdir
-    if parent is None:
-        parent = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-serving-", dir=parent))
-    try:
-        bench(scratch, args.repeat, args.max_tokens)
-    finally:
-        remove_tree(scratch)
-        print(f"\nremoved {scratch}")
+    with scratch(args.workdir, "bench-serving-") as folder:
+        bench(folder, args.repeat, args.max_tokens)
     return 0
 
 

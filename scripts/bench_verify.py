@@ -29,10 +29,11 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _bench import scratch
 
 from appliance.bundles import trust
 from appliance.bundles.installer import BundleManager
@@ -241,16 +242,8 @@ def main() -> int:
     for tool in ("sha256sum", "cp", "df"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not on PATH")
-    parent = args.workdir
-    if parent is None:
-        parent = Path("/var/tmp") if Path("/var/tmp").is_dir() else Path(tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-verify-", dir=parent))
-    try:
-        bench(scratch, args.size_mib, args.repeat)
-    finally:
-        remove_tree(scratch)
-        print(f"\nremoved {scratch}")
+    with scratch(args.workdir, "bench-verify-") as folder:
+        bench(folder, args.size_mib, args.repeat)
     return 0
 
 
