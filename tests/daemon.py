@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.tokens import TokenStore
 from fastapi import FastAPI
 
 from appliance.api.app import create_app
@@ -16,6 +15,7 @@ from appliance.bundles.pack import pack, sign
 from appliance.bundles.recipes import DEMO_RECIPE, build_source
 from appliance.home import Home
 from appliance.settings import Settings
+from appliance.tokens import TokenStore
 from tests.helpers import Key, make_key
 
 MODEL = "gemma3-270m"
