@@ -157,6 +157,18 @@ def test_without_top_logprobs_only_the_chosen_logprob_is_reported(backend: Llama
     assert all(e.logprob < 0 for e in tokens)
 
 
+def test_unrequested_logprobs_cover_only_the_confidence_tokens(backend: LlamaBackend):
+    """Each logprob costs a pass over 262k logits: only the cascade's first tokens get one."""
+    from appliance.runtime.backend import CONFIDENCE_TOKENS
+
+    events, _ = _generate(backend, PROMPT, max_tokens=10, temperature=0)
+    logprobs = [e.logprob for e in _tokens(events)]
+    assert all(lp < 0 for lp in logprobs[:CONFIDENCE_TOKENS])
+    assert all(math.isnan(lp) for lp in logprobs[CONFIDENCE_TOKENS:])
+    asked, _ = _generate(backend, PROMPT, max_tokens=10, temperature=0, logprobs=True)
+    assert all(e.logprob < 0 for e in _tokens(asked))
+
+
 # -- the answer does not depend on what was asked before -----------------------------------
 
 
@@ -165,7 +177,7 @@ def _chat(backend: LlamaBackend, question: str) -> str:
 
 
 def _trace(backend: LlamaBackend, prompt: str, **options: Any) -> tuple[Any, ...]:
-    events, result = _generate(backend, prompt, max_tokens=8, **options)
+    events, result = _generate(backend, prompt, max_tokens=8, logprobs=True, **options)
     return result.text, [(e.token_id, e.logprob) for e in _tokens(events)]
 
 

@@ -136,6 +136,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         top_p=body.top_p,
         seed=body.seed,
         stop=body.stops,
+        logprobs=wants_logprobs,
         top_logprobs=body.top_logprobs or 0,
     )
     source = inference.PromptSource(
@@ -244,6 +245,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         top_p=body.top_p,
         seed=body.seed,
         stop=body.stops,
+        logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
     )
     source = inference.PromptSource(text=body.prompt_text)

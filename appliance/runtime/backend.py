@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
+CONFIDENCE_TOKENS = 4  # tokens that always get a log-probability
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
+    # Log-probabilities cost ~0.6 ms a token over Gemma's 262k vocabulary, so every token
+    # gets one only when asked; otherwise just the first CONFIDENCE_TOKENS (the cascade's
+    # confidence signal) do, and later tokens carry NaN.
+    logprobs: bool = False
     top_logprobs: int = 0  # alternatives to report per token (0: only the chosen one)
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -56,7 +61,7 @@ class TokenEvent:
 
     token_id: int  # -1 for a closing event that only releases held-back text
     text: str  # text released now (held back while it may still become a stop string)
-    logprob: float
+    logprob: float  # NaN when it was not computed (see GenerationRequest.logprobs)
     top_logprobs: tuple[tuple[str, float], ...] = ()
     token: str = ""  # this token's own text, for logprobs
 

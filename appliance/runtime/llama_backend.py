@@ -8,6 +8,7 @@ that would keep n_ctx x vocab floats (about 2 GB at n_ctx 2048).
 from __future__ import annotations
 
 import codecs
+import math
 import random
 import threading
 import time
@@ -20,6 +21,7 @@ import psutil
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime import templates
 from appliance.runtime.backend import (
+    CONFIDENCE_TOKENS,
     FinishReason,
     GenerationRequest,
     GenerationResult,
@@ -158,7 +160,12 @@ class LlamaGeneration:
             if backend._eog(backend._vocab, token):
                 finish = "stop"
                 break
-            logprob, alternatives = _logprobs(llm, backend._n_vocab, token, request.top_logprobs)
+            if request.logprobs or request.top_logprobs or produced < CONFIDENCE_TOKENS:
+                logprob, alternatives = _logprobs(
+                    llm, backend._n_vocab, token, request.top_logprobs
+                )
+            else:
+                logprob, alternatives = math.nan, ()
             produced += 1
             raw = llm.detokenize([token])
             text += decoder.decode(raw)
@@ -215,7 +222,8 @@ def _logprobs(
     pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
     logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))  # a view: no copy
     peak = float(logits.max())
-    log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+    # exp in float32 (fast), the sum in float64 (exact enough: agrees to ~1e-8)
+    log_total = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
     chosen = float(logits[token]) - log_total
     if top_n <= 0:
         return chosen, ()
