@@ -40,6 +40,11 @@ class _Bridge:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
 
+    def put_all(self, items: list[Any]) -> None:
+        """Hand over many items with one wake-up of the event loop."""
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(lambda: [self.queue.put_nowait(i) for i in items])
+
     def put(self, item: Any) -> None:
         # RuntimeError: the loop is gone (shutdown); nobody is waiting for this item.
         with contextlib.suppress(RuntimeError):
@@ -81,8 +86,13 @@ async def generate(
     source: PromptSource,
     request: GenerationRequest,
     limits: ServerSettings,
+    stream: bool = True,
 ) -> AsyncIterator[TokenEvent | GenerationResult]:
-    """Queue a generation on `worker`; yield its TokenEvents, then its GenerationResult."""
+    """Queue a generation on `worker`; yield its TokenEvents, then its GenerationResult.
+
+    With `stream` False the events travel in one hand-over at the end: the event loop is
+    not woken once per token while the model's threads want both cores.
+    """
     bridge = _Bridge()
     deadline = bridge.loop.time() + limits.request_timeout_s
 
@@ -94,9 +104,12 @@ async def generate(
                 "the prompt", prompt_tokens, limits.max_prompt_tokens, "tokens", "messages"
             )
         generation = backend.generate(request)
-        for event in generation:
-            bridge.put(event)
-        bridge.put(generation.result)
+        if stream:
+            for event in generation:
+                bridge.put(event)
+            bridge.put(generation.result)
+        else:
+            bridge.put_all([*generation, generation.result])
 
     worker.submit(Job(run=run, cancelled=request.cancel.is_set, fail=bridge.put))
     async for item in _drain(bridge, deadline, request.cancel.set):

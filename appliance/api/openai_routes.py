@@ -142,7 +142,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     source = inference.PromptSource(
         messages=[{"role": m.role, "content": m.text()} for m in body.messages]
     )
-    events = inference.generate(worker, source, generation, request.app.state.settings.server)
+    events = inference.generate(
+        worker, source, generation, request.app.state.settings.server, stream=body.stream
+    )
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     envelope = _envelope(worker.spec)
     headers = {ROUTE_HEADER: "local"}
@@ -249,7 +251,9 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         top_logprobs=body.logprobs or 0,
     )
     source = inference.PromptSource(text=body.prompt_text)
-    events = inference.generate(worker, source, generation, request.app.state.settings.server)
+    events = inference.generate(
+        worker, source, generation, request.app.state.settings.server, stream=body.stream
+    )
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     envelope = _envelope(worker.spec)
     headers = {ROUTE_HEADER: "local"}
