@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback of dirty pages in the range; do not wait
 
@@ -63,3 +67,27 @@ def remove_tree(root: Path) -> None:
     for folder, _dirs, _files in os.walk(root):
         os.chmod(folder, stat.S_IRWXU)
     shutil.rmtree(root)
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[BinaryIO]:
+    """Write a file beside `target`; rename it over `target` only once complete and synced."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: Path, chunk_bytes: int = 4 * 1024 * 1024) -> str:
+    """SHA-256 of a whole file, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()

@@ -26,6 +26,7 @@ from typing import Any
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.outcome import Outcome
 from appliance.errors import ApplianceError
+from appliance.fsutil import replacing
 
 log = logging.getLogger("appliance.inbox")
 
@@ -157,13 +158,8 @@ def _move_aside(path: Path, folder: Path) -> Path:
 
 
 def _write_json(path: Path, document: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with replacing(path) as f:
+        f.write((json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _usb_key(path: Path) -> str:

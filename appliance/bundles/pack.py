@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,19 +27,12 @@ from appliance.bundles.manifest import (
     parse_signatures,
 )
 from appliance.errors import BundleError, MalformedBundleError, ManifestError
+from appliance.fsutil import replacing, sha256_file
 from appliance.settings import BundleLimits
 
 BUNDLE_TOML = "bundle.toml"
 _RESERVED_FIELDS = ("schema", "files")
 _COPY_CHUNK = 4 * 1024 * 1024  # bytes
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_COPY_CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _payload_files(src: Path) -> list[tuple[str, Path]]:
@@ -85,7 +76,7 @@ def build_manifest(src: Path, now: datetime | None = None) -> tuple[Manifest, li
     payload = _payload_files(src)
     fields["schema"] = SCHEMA_VERSION
     fields["files"] = [
-        {"path": rel, "size": path.stat().st_size, "sha256": _sha256_file(path)}
+        {"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)}
         for rel, path in payload
     ]
     return manifest_from_fields(fields), [path for _, path in payload]
@@ -108,7 +99,7 @@ def pack(src: Path, out: Path, now: datetime | None = None) -> Manifest:
     """Write an unsigned bundle of `src` to `out` (atomically: a temp file, then a rename)."""
     manifest, paths = build_manifest(src, now)
     manifest_raw = canonical_bytes(manifest.to_json_obj())
-    with _replacing(out) as f:
+    with replacing(out) as f:
         f.write(archive.header(archive.MANIFEST, len(manifest_raw)))
         f.write(manifest_raw + archive.padding(len(manifest_raw)))
         for entry, path in zip(manifest.files, paths, strict=True):
@@ -117,21 +108,6 @@ def pack(src: Path, out: Path, now: datetime | None = None) -> Manifest:
             f.write(archive.padding(entry.size))
         _write_signatures(f, {"signatures": []})
     return manifest
-
-
-@contextmanager
-def _replacing(target: Path) -> Iterator[BinaryIO]:
-    """Write a file beside `target` and rename it over `target` only once it is complete."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_signatures(f: BinaryIO, document: dict[str, Any]) -> None:
@@ -171,7 +147,7 @@ def sign(bundle: Path, key_file: Path, limits: BundleLimits | None = None) -> st
         kept.append({"keyid": keyid, "sig": private.sign(manifest_raw).hex()})
         kept.sort(key=lambda s: s["keyid"])
         tail_start = sig_member.offset - archive.BLOCK
-        with _replacing(bundle) as out:
+        with replacing(bundle) as out:
             f.seek(0)
             _copy_prefix(f, out, tail_start)
             _write_signatures(out, {"signatures": kept})

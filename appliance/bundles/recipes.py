@@ -9,7 +9,6 @@ installed (pip, from a wheelhouse on the build machine).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import shutil
 import sys
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from appliance.bundles.manifest import HEX64_PATTERN, check_payload_path
 from appliance.errors import BundleError
+from appliance.fsutil import sha256_file
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "firmware-bundle" / "recipes"
 DEMO_RECIPE = RECIPES_DIR / "gemma3-270m"
@@ -51,14 +51,6 @@ def _load_source(recipe: Path) -> Source:
         raise BundleError(f"{path} is invalid: {e}") from e
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(4 * 1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
-
-
 def build_source(recipe: Path, out: Path) -> Path:
     """Fill `out` with bundle.toml and the pinned payload; refuse any unpinned byte."""
     source = _load_source(recipe)
@@ -67,7 +59,7 @@ def build_source(recipe: Path, out: Path) -> Path:
     for item in source.payload:
         check_payload_path(item.file)
         target = out / item.file
-        if not (target.exists() and _sha256(target) == item.sha256):
+        if not (target.exists() and sha256_file(target) == item.sha256):
             try:
                 module = importlib.import_module(item.module)
             except ImportError as e:
@@ -76,7 +68,7 @@ def build_source(recipe: Path, out: Path) -> Path:
                 ) from e
             target.unlink(missing_ok=True)
             module.assemble(target)
-        size, digest = target.stat().st_size, _sha256(target)
+        size, digest = target.stat().st_size, sha256_file(target)
         if size != item.size or digest != item.sha256:
             target.unlink()
             raise BundleError(
