@@ -7,6 +7,7 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
     ApplianceError                      exit 1 unless noted
     ├── UsageError                      exit 2: the command line itself is wrong
     ├── ConfigError                     config.toml or a policy file is invalid
+    │   └── PolicyError                 a policy file or bundle is invalid (every problem listed)
     ├── HomeError                       APPLIANCE_HOME is unusable
     ├── StateError                      state.db is unusable or inconsistent
     ├── KeyFileError                    a key file is missing, unreadable or malformed
@@ -58,6 +59,10 @@ class UsageError(ApplianceError):
 
 class ConfigError(ApplianceError):
     """A configuration or policy file is invalid."""
+
+
+class PolicyError(ConfigError):
+    """A policy file (or policy bundle) is invalid; the message lists every problem."""
 
 
 class HomeError(ApplianceError):

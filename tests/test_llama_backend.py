@@ -151,22 +151,22 @@ def test_top_logprobs_are_sorted_with_the_greedy_choice_first(backend: LlamaBack
 
 
 def test_without_top_logprobs_only_the_chosen_logprob_is_reported(backend: LlamaBackend):
-    events, _ = _generate(backend, PROMPT, max_tokens=4, temperature=0)
+    events, _ = _generate(backend, PROMPT, max_tokens=4, temperature=0, logprobs=True)
     tokens = _tokens(events)
     assert all(e.top_logprobs == () for e in tokens)
     assert all(e.logprob < 0 for e in tokens)
 
 
-def test_unrequested_logprobs_cover_only_the_confidence_tokens(backend: LlamaBackend):
-    """Each logprob costs a pass over 262k logits: only the cascade's first tokens get one."""
-    from appliance.runtime.backend import CONFIDENCE_TOKENS
-
-    events, _ = _generate(backend, PROMPT, max_tokens=10, temperature=0)
-    logprobs = [e.logprob for e in _tokens(events)]
-    assert all(lp < 0 for lp in logprobs[:CONFIDENCE_TOKENS])
-    assert all(math.isnan(lp) for lp in logprobs[CONFIDENCE_TOKENS:])
+def test_logprobs_are_computed_only_when_asked_or_for_the_cascade(backend: LlamaBackend):
+    """Each logprob costs a pass over 262k logits: none unless the device or cascade asks."""
+    events, plain = _generate(backend, PROMPT, max_tokens=10, temperature=0)
+    assert all(math.isnan(e.logprob) for e in _tokens(events))
     asked, _ = _generate(backend, PROMPT, max_tokens=10, temperature=0, logprobs=True)
     assert all(e.logprob < 0 for e in _tokens(asked))
+    cascade, result = _generate(backend, PROMPT, max_tokens=10, temperature=0, confidence=True)
+    assert [e.logprob for e in _tokens(cascade)] == [e.logprob for e in _tokens(asked)]
+    assert all(e.top_logprobs == () for e in _tokens(cascade))
+    assert result.text == plain.text
 
 
 # -- the answer does not depend on what was asked before -----------------------------------

@@ -69,8 +69,12 @@ def _max_tokens(requested: int | None, request: Request) -> int:
 
 
 async def _worker(request: Request, model: str) -> Any:
+    manager = _manager(request)
+    loaded = manager.loaded_worker(model)
+    if loaded is not None:
+        return loaded  # the common case: no hop to a thread
     # Off the event loop: a model unloaded for idleness is loaded again here (seconds).
-    return await asyncio.to_thread(_manager(request).worker, model)
+    return await asyncio.to_thread(manager.worker, model)
 
 
 async def _generative_worker(request: Request, model: str) -> Any:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
-CONFIDENCE_TOKENS = 4  # tokens that always get a log-probability
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,12 @@ class GenerationRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: Sequence[str] = ()
-    # Log-probabilities cost ~0.6 ms a token over Gemma's 262k vocabulary, so every token
-    # gets one only when asked; otherwise just the first CONFIDENCE_TOKENS (the cascade's
-    # confidence signal) do, and later tokens carry NaN.
+    # Log-probabilities cost ~0.6 ms a token over Gemma's 262k vocabulary (a pass over the
+    # logits), so tokens get one only when the device asks (`logprobs`) or the cascade needs
+    # the answer's confidence (`confidence`); otherwise they carry NaN.
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives to report per token (0: only the chosen one)
+    confidence: bool = False  # the router needs every token's log-probability
     cancel: threading.Event = field(default_factory=threading.Event)
 
 

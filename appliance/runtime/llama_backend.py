@@ -21,7 +21,6 @@ import psutil
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime import templates
 from appliance.runtime.backend import (
-    CONFIDENCE_TOKENS,
     FinishReason,
     GenerationRequest,
     GenerationResult,
@@ -145,6 +144,7 @@ class LlamaGeneration:
         hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop
         text, emitted, produced = "", 0, 0
         finish: FinishReason = "length"
+        wants_logprobs = request.logprobs or request.top_logprobs > 0 or request.confidence
         tokens = llm.generate(
             prompt,
             temp=0.0 if greedy else request.temperature,
@@ -160,7 +160,7 @@ class LlamaGeneration:
             if backend._eog(backend._vocab, token):
                 finish = "stop"
                 break
-            if request.logprobs or request.top_logprobs or produced < CONFIDENCE_TOKENS:
+            if wants_logprobs:
                 logprob, alternatives = _logprobs(
                     llm, backend._n_vocab, token, request.top_logprobs
                 )

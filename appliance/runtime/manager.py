@@ -235,6 +235,11 @@ class ModelManager:
             raise ModelNotFoundError(f"no active model named '{name}'")
         return self._load(spec)
 
+    def loaded_worker(self, name: str) -> ModelWorker | None:
+        """The worker for `name` if it is loaded now; never loads (cheap, no I/O)."""
+        with self._lock:
+            return self._workers.get(name)
+
     def reap_idle(self, now: float | None = None) -> list[str]:
         """Unload models idle for longer than the keep-alive; returns their names."""
         now = time.monotonic() if now is None else now
