@@ -81,6 +81,8 @@ class Settings(_Strict):
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     bundles: BundleSettings = Field(default_factory=BundleSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    # the policy file when no policy bundle is active; "" = the packaged policies/default.toml
+    policy_file: str = ""
 
 
 def _describe(error: ValidationError, source: Path) -> str:

@@ -13,6 +13,7 @@ from appliance.bundles import trust
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.pack import pack, sign
 from appliance.bundles.recipes import DEMO_RECIPE, build_source
+from appliance.governance.escalation import Escalator
 from appliance.home import Home
 from appliance.settings import Settings
 from appliance.tokens import TokenStore
@@ -66,10 +67,12 @@ class Daemon:
         self.app.state.models.refresh()
 
 
-def start_daemon(root: Path, source: GemmaSource, settings: Settings) -> Daemon:
+def start_daemon(
+    root: Path, source: GemmaSource, settings: Settings, escalator: Escalator | None = None
+) -> Daemon:
     home = Home(root).ensure()
     trust.add_key(home, source.key.public)
-    app = create_app(home, settings)
+    app = create_app(home, settings, escalator=escalator)
     daemon = Daemon(home, app, BackgroundServer(app))
     daemon.install(source.bundle(root.parent))
     tokens = TokenStore(home)

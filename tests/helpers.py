@@ -12,6 +12,15 @@ from appliance.bundles.keys import generate_keypair
 from appliance.bundles.manifest import canonical_bytes
 from appliance.bundles.pack import pack, sign
 
+# The smallest valid routing policy: a policy bundle's payload must parse as one.
+MINIMAL_POLICY = b"""schema = 1
+name = "minimal"
+default_class = "public"
+
+[classes.public]
+egress = "never"
+"""
+
 
 @dataclass(frozen=True)
 class Key:
@@ -46,13 +55,19 @@ def write_source(
     name: str = "demo",
     version: str = "1.0.0",
     sequence: int = 1,
-    kind: str = "policy",
+    kind: str | None = None,
     files: dict[str, bytes] | None = None,
     **fields: Any,
 ) -> Path:
-    """A publisher's source folder: bundle.toml plus payload files."""
+    """A publisher's source folder: bundle.toml plus payload files.
+
+    By default a policy bundle carrying MINIMAL_POLICY; with `files` given (and no `kind`),
+    an adapter bundle carrying just those files.
+    """
     src.mkdir(parents=True, exist_ok=True)
-    files = {"policy.toml": b"threshold = 0.5\n"} if files is None else files
+    if kind is None:
+        kind = "policy" if files is None else "adapter"
+    files = {"policy.toml": MINIMAL_POLICY} if files is None else files
     for rel, data in files.items():
         path = src / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,10 +49,17 @@ from appliance.errors import (
 )
 from appliance.home import Home
 from appliance.settings import BundleLimits, BundleSettings, Settings
-from tests.helpers import Key, canonical, make_bundle, read_members, write_raw_bundle
+from tests.helpers import (
+    MINIMAL_POLICY,
+    Key,
+    canonical,
+    make_bundle,
+    read_members,
+    write_raw_bundle,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PAYLOAD = b"threshold = 0.5\n"  # what write_source puts in payload/policy.toml by default
+PAYLOAD = MINIMAL_POLICY  # what write_source puts in payload/policy.toml by default
 _STATE_FILES = {"state.db", "state.db-wal", "state.db-shm", "state.db-journal"}
 
 
@@ -537,7 +544,10 @@ def test_endless_data_payload_larger_than_declared_is_refused_before_hashing(
     )
 
     assert_refused(
-        manager, endless, FileTooLargeError, r"100016 bytes, more than the 16 declared.*before"
+        manager,
+        endless,
+        FileTooLargeError,
+        rf"{len(PAYLOAD) + 100_000} bytes, more than the {len(PAYLOAD)} declared.*before",
     )
     assert hashed == []  # refused from the tar header, not a byte of payload hashed
 
@@ -922,7 +932,7 @@ def test_cli_endless_data_payload_is_refused(manager: BundleManager, workdir: Pa
         ],
     )
 
-    assert_cli_refuses(manager, bundle, "more than the 16 declared in the manifest")
+    assert_cli_refuses(manager, bundle, f"more than the {len(PAYLOAD)} declared in the manifest")
 
 
 def test_cli_hostile_member_name_cannot_forge_output_lines(

@@ -19,9 +19,14 @@ from fastapi.responses import JSONResponse
 from appliance import __version__
 from appliance.api import openai_routes
 from appliance.api.errors import install_handlers
+from appliance.api.governed import Governor
 from appliance.api.security import GuardMiddleware, is_loopback
 from appliance.errors import ConfigError
+from appliance.governance.active import ActivePolicy
+from appliance.governance.audit import AuditLog
+from appliance.governance.escalation import Escalator, NoEscalator
 from appliance.home import Home
+from appliance.pii.analyzer import default_analyzer
 from appliance.runtime.manager import ModelManager
 from appliance.settings import Settings
 from appliance.tokens import TokenStore
@@ -69,15 +74,27 @@ async def _housekeeping(app: FastAPI) -> None:
             for result in results:
                 log.info("inbox: %s", result.to_json())
             await asyncio.to_thread(models.refresh)
+            await asyncio.to_thread(app.state.governor.active.refresh)
             for name in models.reap_idle():
                 log.info("model %s unloaded after keep-alive", name)
         except Exception:
             log.exception("housekeeping failed; will retry")
 
 
-def create_app(home: Home, settings: Settings, models: ModelManager | None = None) -> FastAPI:
+def create_app(
+    home: Home,
+    settings: Settings,
+    models: ModelManager | None = None,
+    escalator: Escalator | None = None,
+) -> FastAPI:
+    """The daemon's app. Raises PolicyError when the policy in force is invalid."""
     check_bind(settings)
     models = models if models is not None else ModelManager(home, settings.runtime)
+    policy = ActivePolicy(home, settings)
+    audit = AuditLog(home)
+    governor = Governor(
+        policy, default_analyzer(), escalator or NoEscalator(), audit, settings, models
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -91,6 +108,7 @@ def create_app(home: Home, settings: Settings, models: ModelManager | None = Non
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await asyncio.to_thread(models.close)
+            await asyncio.to_thread(audit.close)
 
     app = FastAPI(
         title="Appliance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
@@ -98,6 +116,7 @@ def create_app(home: Home, settings: Settings, models: ModelManager | None = Non
     app.state.home = home
     app.state.settings = settings
     app.state.models = models
+    app.state.governor = governor
     app.state.tokens = TokenStore(home)
     install_handlers(app)
     app.include_router(openai_routes.router)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,10 +28,12 @@ class APIError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        appliance: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.code, self.param, self.headers = code, param, headers or {}
+        self.appliance = appliance  # the body's `appliance` object (a routing decision)
 
 
 def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict:
@@ -37,8 +41,11 @@ def error_body(message: str, type: str, code: str | None, param: str | None = No
 
 
 def error_response(error: APIError) -> JSONResponse:
+    body: dict[str, Any] = error_body(error.message, error.type, error.code, error.param)
+    if error.appliance is not None:
+        body["appliance"] = error.appliance
     return JSONResponse(
-        error_body(error.message, error.type, error.code, error.param),
+        body,
         status_code=error.status,
         headers=error.headers,
     )

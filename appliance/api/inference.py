@@ -131,3 +131,20 @@ async def embed(
     async for item in _drain(bridge, deadline, cancelled.set):
         return item.value  # type: ignore[no-any-return]
     raise RuntimeError("embedding produced no result")
+
+
+async def classify(
+    worker: ModelWorker, texts: Sequence[str], limits: ServerSettings
+) -> list[dict[str, float]]:
+    """Label probabilities for each of `texts` from `worker`'s classifier model."""
+    bridge = _Bridge()
+    deadline = bridge.loop.time() + limits.request_timeout_s
+    cancelled = asyncio.Event()
+
+    def run(backend: Backend) -> None:
+        bridge.put(_Done(backend.classify(texts)))  # type: ignore[attr-defined]
+
+    worker.submit(Job(run=run, cancelled=cancelled.is_set, fail=bridge.put))
+    async for item in _drain(bridge, deadline, cancelled.set):
+        return item.value  # type: ignore[no-any-return]
+    raise RuntimeError("classification produced no result")

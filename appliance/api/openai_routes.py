@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from appliance.api import inference
+from appliance.api import governed, inference
 from appliance.api.errors import APIError, limit_exceeded
 from appliance.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.api.security import require_infer
@@ -89,16 +89,44 @@ async def _generative_worker(request: Request, model: str) -> Any:
     return worker
 
 
-def _usage(result: GenerationResult) -> dict[str, int]:
+def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
-        "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
     }
 
 
-def _finish(result: GenerationResult) -> str:
-    return "length" if result.finish_reason == "length" else "stop"
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _sse(document: dict[str, Any]) -> str:
+    return f"data: {json.dumps(document, separators=(',', ':'))}\n\n"
+
+
+class _Format:
+    """How one endpoint shapes its answer: a whole document, or the chunks of a stream."""
+
+    def __init__(self, base: dict[str, Any], wants_logprobs: bool) -> None:
+        self.base, self.wants_logprobs = base, wants_logprobs
+
+    def opening(self) -> list[dict[str, Any]]:
+        return []
+
+    def piece(self, text: str, event: TokenEvent | None) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def closing(self, finish: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        return {**self.base, "choices": [], "usage": usage}
+
+    def document(
+        self, text: str, finish: str, usage: dict[str, int], events: list[TokenEvent] | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
 
 
 def _chat_logprob(event: TokenEvent) -> dict[str, Any]:
@@ -113,114 +141,57 @@ def _chat_logprob(event: TokenEvent) -> dict[str, Any]:
     }
 
 
-async def _collect(
-    events: AsyncIterator[TokenEvent | GenerationResult],
-) -> tuple[list[TokenEvent], GenerationResult]:
-    """All token events of a generation, and its result (for a non-streamed answer)."""
-    content: list[TokenEvent] = []
-    async for item in events:
-        if isinstance(item, GenerationResult):
-            return content, item
-        content.append(item)
-    raise RuntimeError("generation ended without a result")
-
-
-def _sse(document: dict[str, Any]) -> str:
-    return f"data: {json.dumps(document, separators=(',', ':'))}\n\n"
-
-
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    worker = await _generative_worker(request, body.model)
-    wants_logprobs = body.logprobs or bool(body.top_logprobs)
-    generation = GenerationRequest(
-        prompt="",
-        max_tokens=_max_tokens(body.max_completion_tokens or body.max_tokens, request),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=body.stops,
-        logprobs=wants_logprobs,
-        top_logprobs=body.top_logprobs or 0,
-    )
-    source = inference.PromptSource(
-        messages=[{"role": m.role, "content": m.text()} for m in body.messages]
-    )
-    events = inference.generate(
-        worker, source, generation, request.app.state.settings.server, stream=body.stream
-    )
-    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    envelope = _envelope(worker.spec)
-    headers = {ROUTE_HEADER: "local"}
-    base = {"id": ident, "created": created, "model": body.model}
-
-    if body.stream:
-        first = await anext(events)  # errors before the first token still get a JSON error
-
-        async def stream() -> AsyncIterator[str]:
-            opening = {"role": "assistant", "content": ""}
-            yield _sse(
-                {
-                    **base,
-                    "object": "chat.completion.chunk",
-                    "appliance": envelope,
-                    "choices": [{"index": 0, "delta": opening, "finish_reason": None}],
-                }
-            )
-            item: TokenEvent | GenerationResult = first
-            while True:
-                if isinstance(item, GenerationResult):
-                    yield _sse(
-                        {
-                            **base,
-                            "object": "chat.completion.chunk",
-                            "appliance": envelope,
-                            "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(item)}],
-                        }
-                    )
-                    if body.stream_options and body.stream_options.include_usage:
-                        yield _sse(
-                            {
-                                **base,
-                                "object": "chat.completion.chunk",
-                                "choices": [],
-                                "usage": _usage(item),
-                            }
-                        )
-                    break
-                if item.text or (wants_logprobs and item.token_id >= 0):
-                    choice: dict[str, Any] = {
-                        "index": 0,
-                        "delta": {"content": item.text},
-                        "finish_reason": None,
-                    }
-                    if wants_logprobs and item.token_id >= 0:
-                        choice["logprobs"] = {"content": [_chat_logprob(item)]}
-                    yield _sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
-                item = await anext(events)
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
-
-    content, result = await _collect(events)
-    logprobs = None
-    if wants_logprobs:
-        logprobs = {"content": [_chat_logprob(e) for e in content if e.token_id >= 0]}
-    document = {
-        **base,
-        "object": "chat.completion",
-        "choices": [
+class _ChatFormat(_Format):
+    def opening(self) -> list[dict[str, Any]]:
+        opening = {"role": "assistant", "content": ""}
+        return [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "logprobs": logprobs,
-                "finish_reason": _finish(result),
+                **self.base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": opening, "finish_reason": None}],
             }
-        ],
-        "usage": _usage(result),
-        "appliance": envelope,
-    }
-    return JSONResponse(document, headers=headers)
+        ]
+
+    def piece(self, text: str, event: TokenEvent | None) -> dict[str, Any] | None:
+        with_logprob = self.wants_logprobs and event is not None and event.token_id >= 0
+        if not text and not with_logprob:
+            return None
+        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        if with_logprob:
+            assert event is not None
+            choice["logprobs"] = {"content": [_chat_logprob(event)]}
+        return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
+
+    def closing(self, finish: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.base,
+            "object": "chat.completion.chunk",
+            "appliance": envelope,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+        }
+
+    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
+        return {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+
+    def document(
+        self, text: str, finish: str, usage: dict[str, int], events: list[TokenEvent] | None
+    ) -> dict[str, Any]:
+        logprobs = None
+        if self.wants_logprobs and events is not None:
+            logprobs = {"content": [_chat_logprob(e) for e in events if e.token_id >= 0]}
+        return {
+            **self.base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage,
+        }
 
 
 def _completion_logprobs(events: list[TokenEvent], offset: int) -> dict[str, Any]:
@@ -241,6 +212,208 @@ def _completion_logprobs(events: list[TokenEvent], offset: int) -> dict[str, Any
     }
 
 
+class _CompletionFormat(_Format):
+    def __init__(self, base: dict[str, Any], wants_logprobs: bool, prefix: str) -> None:
+        super().__init__(base, wants_logprobs)
+        self.prefix, self.opened = prefix, False
+
+    def piece(self, text: str, event: TokenEvent | None) -> dict[str, Any] | None:
+        text = text if self.opened else self.prefix + text
+        with_logprob = self.wants_logprobs and event is not None and event.token_id >= 0
+        if not text and not with_logprob:
+            return None
+        self.opened = True
+        logprobs = _completion_logprobs([event], 0) if with_logprob and event else None
+        return {
+            **self.base,
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": None}],
+        }
+
+    def closing(self, finish: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **self.base,
+            "appliance": envelope,
+            "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}],
+        }
+
+    def document(
+        self, text: str, finish: str, usage: dict[str, int], events: list[TokenEvent] | None
+    ) -> dict[str, Any]:
+        logprobs = None
+        if self.wants_logprobs and events is not None:
+            logprobs = _completion_logprobs(events, len(self.prefix))
+        return {
+            **self.base,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": self.prefix + text,
+                    "logprobs": logprobs,
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": usage,
+        }
+
+
+def _governor(request: Request) -> governed.Governor:
+    return request.app.state.governor  # type: ignore[no-any-return]
+
+
+async def _respond(
+    request: Request,
+    worker: Any,
+    inbound: governed.Inbound,
+    fmt: _Format,
+    stream: bool,
+    include_usage: bool,
+) -> Any:
+    """Answer `inbound` under the policy, as one JSON document or as an SSE stream."""
+    gov = _governor(request)
+    limits = request.app.state.settings.server
+    label = gov.active.current.label
+    plan = await gov.plan(inbound)
+
+    if plan.skip_local:
+        decided = await gov.try_upstream_first(inbound, plan)
+        if decided is not None:
+            return _upstream_answer(decided, worker, label, fmt, stream, include_usage)
+
+    inbound.generation.confidence = gov.wants_confidence(plan)
+    hold = stream and gov.must_hold_stream(plan)
+    events = inference.generate(
+        worker, inbound.source, inbound.generation, limits, stream=stream and not hold
+    )
+    if not stream or hold:
+        content, result = await governed.collect(events)
+        decided = await gov.judge(inbound, plan, content, result, streamed=False)
+        envelope = decided.envelope(worker, label)
+        if decided.route == "refused":
+            raise governed.refusal(decided, envelope)
+        if decided.route == "escalated":
+            return _upstream_answer(decided, worker, label, fmt, stream, include_usage)
+        usage = _usage(result.prompt_tokens, result.completion_tokens)
+        finish = _finish(result.finish_reason)
+        if not stream:
+            document = {**fmt.document(result.text, finish, usage, content), "appliance": envelope}
+            return JSONResponse(document, headers=decided.headers())
+
+        async def replay() -> AsyncIterator[str]:
+            for chunk in fmt.opening():
+                yield _sse(chunk)
+            for event in content:
+                piece = fmt.piece(event.text, event)
+                if piece is not None:
+                    yield _sse(piece)
+            yield _sse(fmt.closing(finish, envelope))
+            if include_usage:
+                yield _sse(fmt.usage(usage))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(
+            replay(), media_type="text/event-stream", headers=decided.headers()
+        )
+
+    first = await anext(events)  # errors before the first token still get a JSON error
+
+    async def live() -> AsyncIterator[str]:
+        content: list[TokenEvent] = []
+        judged = False
+        try:
+            for chunk in fmt.opening():
+                yield _sse(chunk)
+            item: TokenEvent | GenerationResult = first
+            while not isinstance(item, GenerationResult):
+                content.append(item)
+                piece = fmt.piece(item.text, item)
+                if piece is not None:
+                    yield _sse(piece)
+                item = await anext(events)
+            decided = await gov.judge(inbound, plan, content, item, streamed=True)
+            judged = True
+            yield _sse(fmt.closing(_finish(item.finish_reason), decided.envelope(worker, label)))
+            if include_usage:
+                yield _sse(fmt.usage(_usage(item.prompt_tokens, item.completion_tokens)))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not judged:  # the client went away mid-stream: the decision is still audited
+                gone = governed.Decided(
+                    "local", [*plan.reasons, "stream ended early"], plan.classification
+                )
+                gov.record(inbound, gone)
+
+    return StreamingResponse(
+        live(), media_type="text/event-stream", headers={ROUTE_HEADER: "local"}
+    )
+
+
+def _upstream_answer(
+    decided: governed.Decided,
+    worker: Any,
+    label: str,
+    fmt: _Format,
+    stream: bool,
+    include_usage: bool,
+) -> Any:
+    """The device's response when the upstream answered (text re-hydrated on the box)."""
+    answer = decided.upstream_answer
+    assert answer is not None
+    envelope = decided.envelope(worker, label)
+    usage = _usage(answer.prompt_tokens, answer.completion_tokens)
+    finish = _finish(answer.finish_reason)
+    if not stream:
+        document = {**fmt.document(decided.text, finish, usage, None), "appliance": envelope}
+        return JSONResponse(document, headers=decided.headers())
+
+    async def chunks() -> AsyncIterator[str]:
+        for chunk in fmt.opening():
+            yield _sse(chunk)
+        piece = fmt.piece(decided.text, None)
+        if piece is not None:
+            yield _sse(piece)
+        yield _sse(fmt.closing(finish, envelope))
+        if include_usage:
+            yield _sse(fmt.usage(usage))
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(chunks(), media_type="text/event-stream", headers=decided.headers())
+
+
+def _device(request: Request) -> str | None:
+    return getattr(request.state, "device", None)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    worker = await _generative_worker(request, body.model)
+    wants_logprobs = body.logprobs or bool(body.top_logprobs)
+    generation = GenerationRequest(
+        prompt="",
+        max_tokens=_max_tokens(body.max_completion_tokens or body.max_tokens, request),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+        stop=body.stops,
+        logprobs=wants_logprobs,
+        top_logprobs=body.top_logprobs or 0,
+    )
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    inbound = governed.Inbound(
+        endpoint="chat",
+        model=body.model,
+        texts=[m["content"] for m in messages],
+        roles=[m["role"] for m in messages],
+        source=inference.PromptSource(messages=messages),
+        generation=generation,
+        escalate=body.appliance.escalate,
+        device=_device(request),
+    )
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    fmt = _ChatFormat(base, wants_logprobs)
+    return await _respond(request, worker, inbound, fmt, body.stream, include_usage)
+
+
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
     worker = await _generative_worker(request, body.model)
@@ -254,84 +427,26 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
     )
-    source = inference.PromptSource(text=body.prompt_text)
-    events = inference.generate(
-        worker, source, generation, request.app.state.settings.server, stream=body.stream
+    inbound = governed.Inbound(
+        endpoint="completion",
+        model=body.model,
+        texts=[body.prompt_text],
+        roles=["user"],
+        source=inference.PromptSource(text=body.prompt_text),
+        generation=generation,
+        escalate=body.appliance.escalate,
+        device=_device(request),
     )
-    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    envelope = _envelope(worker.spec)
-    headers = {ROUTE_HEADER: "local"}
-    base = {"id": ident, "object": "text_completion", "created": created, "model": body.model}
-    prefix = body.prompt_text if body.echo else ""
-
-    if body.stream:
-        first = await anext(events)
-
-        async def stream() -> AsyncIterator[str]:
-            item: TokenEvent | GenerationResult = first
-            opened = False
-            while True:
-                if isinstance(item, GenerationResult):
-                    yield _sse(
-                        {
-                            **base,
-                            "appliance": envelope,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "text": "",
-                                    "logprobs": None,
-                                    "finish_reason": _finish(item),
-                                }
-                            ],
-                        }
-                    )
-                    if body.stream_options and body.stream_options.include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(item)})
-                    break
-                text = item.text if opened else prefix + item.text
-                if text or (body.logprobs is not None and item.token_id >= 0):
-                    logprobs = None
-                    if body.logprobs is not None and item.token_id >= 0:
-                        logprobs = _completion_logprobs([item], 0)
-                    yield _sse(
-                        {
-                            **base,
-                            "appliance": envelope,
-                            "choices": [
-                                {
-                                    "index": 0,
-                                    "text": text,
-                                    "logprobs": logprobs,
-                                    "finish_reason": None,
-                                }
-                            ],
-                        }
-                    )
-                    opened = True
-                item = await anext(events)
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
-
-    content, result = await _collect(events)
-    logprobs = None
-    if body.logprobs is not None:
-        logprobs = _completion_logprobs(content, len(prefix))
-    document = {
-        **base,
-        "choices": [
-            {
-                "index": 0,
-                "text": prefix + result.text,
-                "logprobs": logprobs,
-                "finish_reason": _finish(result),
-            }
-        ],
-        "usage": _usage(result),
-        "appliance": envelope,
+    base = {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body.model,
     }
-    return JSONResponse(document, headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    prefix = body.prompt_text if body.echo else ""
+    fmt = _CompletionFormat(base, body.logprobs is not None, prefix)
+    return await _respond(request, worker, inbound, fmt, body.stream, include_usage)
 
 
 @router.post("/v1/embeddings")

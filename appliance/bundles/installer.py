@@ -24,7 +24,7 @@ import sqlite_utils
 from appliance import __version__
 from appliance.bundles import archive, records, trust
 from appliance.bundles.keys import PublicKey
-from appliance.bundles.manifest import digest, parse_timestamp
+from appliance.bundles.manifest import POLICY_FILE, digest, parse_timestamp
 from appliance.bundles.outcome import Outcome
 from appliance.bundles.payload import Progress
 from appliance.bundles.reader import BundleReader
@@ -35,6 +35,7 @@ from appliance.errors import (
     BundleNotFoundError,
     ExpiredBundleError,
     PayloadError,
+    PolicyError,
     RevokedError,
     RollbackError,
 )
@@ -181,6 +182,7 @@ class BundleManager:
             staging = Path(tempfile.mkdtemp(prefix="install-", dir=self.home.staging_dir))
             try:
                 self._stage(reader, verified, staging, progress)
+                _check_policy(verified, staging)
                 final = self.home.bundle_dir(manifest.name, manifest.version)
                 final.parent.mkdir(exist_ok=True)
                 fsync_dir(self.home.bundles_dir)
@@ -340,3 +342,17 @@ def _prepare_keyring(home: Home, verified: VerifiedManifest) -> Path:
     assert keyring is not None
     keys = [PublicKey.from_raw(bytes.fromhex(k.public), k.name) for k in keyring.keys]
     return trust.prepare_store(home, keys, keyring.threshold, verified.digest)
+
+
+def _check_policy(verified: VerifiedManifest, staging: Path) -> None:
+    """A policy bundle installs only if its policy is valid: read from the verified copy."""
+    if verified.manifest.kind != "policy":
+        return
+    from appliance.policy.load import parse_policy
+
+    m = verified.manifest
+    path = staging / "payload" / POLICY_FILE
+    try:
+        parse_policy(path.read_text("utf-8"), source=f"{m.name} {m.version}: {POLICY_FILE}")
+    except (PolicyError, UnicodeDecodeError) as e:
+        raise PayloadError(f"{m.name} {m.version} carries an invalid policy: {e}") from e

@@ -19,6 +19,7 @@ from appliance.errors import ManifestError
 
 SCHEMA_VERSION = 1
 KINDS = ("model", "policy", "adapter", "keyring", "revocation")
+POLICY_FILE = "policy.toml"  # the payload file of a policy bundle
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
@@ -182,6 +183,8 @@ class Manifest(_Strict):
                 raise ValueError(f"a {self.kind} bundle needs a '{section}' section")
             if value is not None and not allowed:
                 raise ValueError(f"a {self.kind} bundle must not have a '{section}' section")
+        if self.kind == "policy" and POLICY_FILE not in paths:
+            raise ValueError(f"a policy bundle carries its policy as '{POLICY_FILE}'")
         if self.model is not None and self.model.file not in paths:
             raise ValueError(f"model.file '{self.model.file}' is not one of the listed files")
         if self.expires is not None and self.expires <= self.created:

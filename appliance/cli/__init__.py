@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from appliance.cli import bundle, daemon, keys, tokens, trust
+from appliance.cli import bundle, daemon, keys, policy, tokens, trust
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
 
@@ -13,6 +13,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(trust.app, name="trust")
 app.add_typer(bundle.app, name="bundle")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(policy.app, name="policy")
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)
 

@@ -1,0 +1,92 @@
+"""What the router hands to the upstream side, and what it expects back.
+
+The router decides *whether* and *with what text* a request may leave the box; an
+``Escalator`` decides *how*: answer now over a live uplink, or keep the item durably until
+one appears (store-and-forward). The daemon's escalator is the outbox of the
+store-and-forward issue; until one is configured, ``NoEscalator`` keeps everything local.
+
+An ``Escalation`` carries the egress text exactly as it may leave (placeholders instead of
+PII for a redacted class) and, separately, the placeholder map that turns an upstream's
+answer back into the device's terms. The map holds PII: whoever stores it keeps it
+encrypted at rest, and it never leaves the box.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from appliance.errors import ApplianceError
+
+
+class UplinkError(ApplianceError):
+    """The upstream could not answer now (down, timed out, refused); the item may wait."""
+
+
+class EscalationUnavailable(ApplianceError):
+    """Nothing can take escalations on this box (no store-and-forward configured)."""
+
+
+@dataclass(frozen=True)
+class Escalation:
+    """One request on its way to an upstream, in the form that may leave the box."""
+
+    id: str  # UUID: the escalation id the device sees, and the upstream Idempotency-Key
+    created_at: str  # UTC, ISO 8601
+    upstream: str  # the name of a config.toml [[upstreams]] entry
+    endpoint: Literal["chat", "completion"]
+    messages: tuple[Mapping[str, str], ...]  # role/content, exactly the egress text
+    mapping: Mapping[str, str] = field(repr=False)  # placeholder -> original (PII: stays here)
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    model: str = ""  # the local model the device asked for
+    device: str | None = None
+    sensitivity: str = ""
+    reasons: tuple[str, ...] = ()
+    local_answer: str | None = None  # what the device got meanwhile (golden-set material)
+    confidence: float | None = None
+    priority: int = 0  # higher first
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    """An upstream's answer, still in egress terms (placeholders, not PII)."""
+
+    text: str
+    upstream: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+class Escalator(Protocol):
+    """The upstream side, as the router sees it."""
+
+    def uplink_up(self, upstream: str) -> bool:
+        """Whether `upstream` answered its last probe (cheap: no network call here)."""
+
+    async def answer_now(self, item: Escalation, timeout_s: float) -> UpstreamAnswer:
+        """Ask `item.upstream` now; raise ``UplinkError`` if it cannot answer."""
+
+    async def enqueue(self, item: Escalation) -> None:
+        """Keep `item` until it can be sent; durable when this returns.
+
+        Raises ``EscalationUnavailable`` when nothing can keep it.
+        """
+
+
+class NoEscalator:
+    """No store-and-forward on this box: every uplink is down and nothing can be queued."""
+
+    def uplink_up(self, upstream: str) -> bool:
+        return False
+
+    async def answer_now(self, item: Escalation, timeout_s: float) -> UpstreamAnswer:
+        raise UplinkError("no uplink is configured on this box")
+
+    async def enqueue(self, item: Escalation) -> None:
+        raise EscalationUnavailable("store-and-forward is not configured on this box")

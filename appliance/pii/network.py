@@ -1,0 +1,111 @@
+"""IP addresses (v4 and v6) and MAC addresses.
+
+IPv4: exactly four dotted parts, each 0-255 without leading zeros (``ipaddress`` decides), not
+glued to more dotted numbers (``1.3.6.1.4.1`` is an OID) nor to a letter (``v1.2.3.4``).
+"1.2.3" is a version, not an address: three parts never match. A four-part number right
+after a version word ("version 1.2.3.4", "firmware: 10.2.0.15", "build 5.1.0.2") is taken
+as a version and skipped: on an edge box those words precede release numbers far more often
+than addresses. Loopback and unspecified addresses (127.0.0.1, 0.0.0.0, ::1) are reported
+with a low score: they identify nobody, but a policy may still want them.
+
+IPv6: the full and the compressed forms, with an embedded IPv4 tail, checked by
+``ipaddress``. C++ scopes and Python slices (``std::a``, ``x[::2]``) also parse as
+compressed addresses, so a compressed address needs two non-empty groups, one of them at
+least three hex digits long (``fe80::1`` and ``2001:db8::1`` pass, ``a::b`` does not).
+
+MAC: six hex pairs separated by one kind of ``:`` or ``-``, and Cisco's ``aabb.ccdd.eeff``,
+which needs a hex letter or a "MAC" word nearby since three groups of four digits are
+more often something else.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator
+
+from appliance.pii.context import glued_before, has_context
+from appliance.pii.findings import IP_ADDRESS, MAC_ADDRESS, Finding
+
+_IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![A-Za-z0-9_\-]|\.[0-9])")
+_IPV4_HINT = re.compile(r"[0-9]\.[0-9]")
+_VERSION_WORDS = re.compile(
+    r"\b(?:version|ver|release|build|firmware|fw|rev|revision|kernel|patch|sdk|driver"
+    r"|update|upgrade|bios)\b\.?\s*[:=]?\s*(?:to\s+)?$"
+)
+_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_IPV6 = re.compile(
+    r"(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
+    r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?"
+    r"(?![A-Za-z0-9_:]|\.[0-9])"
+)
+# Both MAC patterns start at their first separator, which is rarer than a hex letter; the
+# look-behind then checks the hex group before it.
+_MAC = re.compile(
+    r"([:\-])(?<=[0-9A-Fa-f]{2}.)[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![A-Za-z0-9_:\-])"
+)
+_CISCO_MAC = re.compile(
+    r"\.(?<=[0-9A-Fa-f]{4}\.)[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![A-Za-z0-9_]|\.[A-Za-z0-9_])"
+)
+_MAC_WORDS = re.compile(r"\b(?:mac|hw|hardware|ether|bssid|lladdr|address)\b")
+_HEX_LETTER = re.compile(r"[A-Fa-f]")
+
+
+def _plausible_ipv6(candidate: str) -> bool:
+    if "::" not in candidate:
+        return True
+    groups = [g for g in re.split(r"::?", candidate) if g]
+    return len(groups) >= 2 and any(len(g) >= 3 for g in groups)
+
+
+class IpAddressRecognizer:
+    """IPv4 and IPv6 addresses validated by ``ipaddress``."""
+
+    name = "ip_address"
+    types = (IP_ADDRESS,)
+    score = 0.9
+    score_local = 0.5  # loopback and unspecified addresses
+
+    def find(self, text: str) -> Iterator[Finding]:
+        if _IPV4_HINT.search(text):
+            for match in _IPV4.finditer(text):
+                if glued_before(text, match.start(), ".-"):
+                    continue
+                if has_context(text, match.start(), _VERSION_WORDS, 24):
+                    continue
+                yield from self._checked(match, ipaddress.IPv4Address)
+        if _IPV6_HINT.search(text):
+            for match in _IPV6.finditer(text):
+                if _plausible_ipv6(match.group()):
+                    yield from self._checked(match, ipaddress.IPv6Address)
+
+    def _checked(
+        self, match: re.Match[str], parse: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
+    ) -> Iterator[Finding]:
+        try:
+            address = parse(match.group())
+        except ValueError:
+            return
+        local = address.is_loopback or address.is_unspecified
+        score = self.score_local if local else self.score
+        yield Finding(IP_ADDRESS, match.start(), match.end(), score, self.name)
+
+
+class MacAddressRecognizer:
+    """MAC addresses in colon, hyphen and Cisco dot notation."""
+
+    name = "mac_address"
+    types = (MAC_ADDRESS,)
+    score = 0.9
+
+    def find(self, text: str) -> Iterator[Finding]:
+        for match in _MAC.finditer(text):
+            start = match.start() - 2
+            if not glued_before(text, start, ":-."):
+                yield Finding(MAC_ADDRESS, start, match.end(), self.score, self.name)
+        for match in _CISCO_MAC.finditer(text):
+            start = match.start() - 4
+            if glued_before(text, start, "."):
+                continue
+            if _HEX_LETTER.search(text, start, match.end()) or has_context(text, start, _MAC_WORDS):
+                yield Finding(MAC_ADDRESS, start, match.end(), self.score, self.name)
