@@ -24,9 +24,9 @@ from appliance.api.security import GuardMiddleware, is_loopback
 from appliance.errors import ConfigError
 from appliance.governance.active import ActivePolicy
 from appliance.governance.audit import AuditLog
+from appliance.governance.entities import AnalyzerSlot
 from appliance.governance.escalation import Escalator, NoEscalator
 from appliance.home import Home
-from appliance.pii.analyzer import default_analyzer
 from appliance.runtime.manager import ModelManager
 from appliance.settings import Settings
 from appliance.tokens import TokenStore
@@ -75,6 +75,7 @@ async def _housekeeping(app: FastAPI) -> None:
                 log.info("inbox: %s", result.to_json())
             await asyncio.to_thread(models.refresh)
             await asyncio.to_thread(app.state.governor.active.refresh)
+            await asyncio.to_thread(app.state.governor.analyzers.refresh)
             for name in models.reap_idle():
                 log.info("model %s unloaded after keep-alive", name)
         except Exception:
@@ -92,14 +93,14 @@ def create_app(
     models = models if models is not None else ModelManager(home, settings.runtime)
     policy = ActivePolicy(home, settings)
     audit = AuditLog(home)
-    governor = Governor(
-        policy, default_analyzer(), escalator or NoEscalator(), audit, settings, models
-    )
+    analyzers = AnalyzerSlot(home)
+    governor = Governor(policy, analyzers, escalator or NoEscalator(), audit, settings, models)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(_recover, home, settings)
         await asyncio.to_thread(models.refresh)
+        await asyncio.to_thread(analyzers.refresh)
         task = asyncio.create_task(_housekeeping(app))
         try:
             yield

@@ -35,6 +35,7 @@ from appliance.governance.active import ActivePolicy
 from appliance.governance.audit import AuditLog, AuditRecord
 from appliance.governance.classify import Classification, classify
 from appliance.governance.confidence import confidence
+from appliance.governance.entities import AnalyzerSlot
 from appliance.governance.escalation import (
     Escalation,
     EscalationUnavailable,
@@ -42,7 +43,6 @@ from appliance.governance.escalation import (
     UplinkError,
     UpstreamAnswer,
 )
-from appliance.pii.analyzer import Analyzer
 from appliance.pii.redact import rehydrate
 from appliance.runtime.backend import GenerationRequest, GenerationResult, TokenEvent
 from appliance.runtime.manager import ModelManager, ModelWorker
@@ -123,14 +123,14 @@ class Governor:
     def __init__(
         self,
         policy: ActivePolicy,
-        analyzer: Analyzer,
+        analyzers: AnalyzerSlot,
         escalator: Escalator,
         audit: AuditLog,
         settings: Settings,
         models: ModelManager,
     ) -> None:
         self.active = policy
-        self.analyzer = analyzer
+        self.analyzers = analyzers
         self.escalator = escalator
         self.audit = audit
         self.settings = settings
@@ -142,15 +142,18 @@ class Governor:
         policy = self.active.policy
         hard_by_classifier = await self._classifier_verdict(inbound)
 
+        slot = self.analyzers
+        analyzer = slot.analyzer
+
         def work() -> router.Plan:
-            classification = classify(policy, self.analyzer, inbound.texts, hard_by_classifier)
+            classification = classify(policy, analyzer, inbound.texts, hard_by_classifier)
             return router.plan(
                 policy, classification, inbound.texts, self.settings.upstreams, inbound.escalate
             )
 
-        if sum(len(t) for t in inbound.texts) <= INLINE_CLASSIFY_CHARS:
-            return work()  # ~1 ms: cheaper than a hop to a thread
-        return await asyncio.to_thread(work)
+        if not slot.has_ner and sum(len(t) for t in inbound.texts) <= INLINE_CLASSIFY_CHARS:
+            return work()  # rules only, ~1 ms: cheaper than a hop to a thread
+        return await asyncio.to_thread(work)  # a model, or a long text: off the event loop
 
     async def _classifier_verdict(self, inbound: Inbound) -> str | None:
         """The optional pre-check classifier's reason to call the prompt hard, if it does."""

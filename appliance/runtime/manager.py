@@ -29,6 +29,9 @@ from appliance.state import open_state
 log = logging.getLogger("appliance.runtime")
 
 SERVED_ROLES = ("chat", "completion", "embedding", "classifier")
+# Classifier bundles with this task label tokens (names, organisations): the PII analyzer
+# runs them (appliance.governance.entities), not the API, so the manager does not load them.
+TOKEN_CLASSIFICATION = "token-classification"
 MEMORY_OVERHEAD = 1.2  # the weights' size times this, plus the KV estimate, must fit
 KV_BYTES_PER_TOKEN = 64 * 1024  # bytes; a conservative KV-cache estimate for small models
 
@@ -176,7 +179,7 @@ class ModelManager:
         specs = {}
         for bundle in active:
             spec = spec_from_record(self.home, bundle)
-            if spec.role in SERVED_ROLES:
+            if spec.role in SERVED_ROLES and spec.extra.get("task") != TOKEN_CLASSIFICATION:
                 specs[spec.name] = spec
         return specs
 
