@@ -17,12 +17,16 @@ import openai
 import pytest
 
 from appliance.api.app import create_app
+from appliance.bundles.pack import pack, sign
 from appliance.errors import PolicyError
 from appliance.governance.audit import read_audit
 from appliance.governance.escalation import Escalation, UplinkError, UpstreamAnswer
 from appliance.home import Home
 from appliance.settings import Settings, UpstreamSettings
+from tests import pii_ner_model as ner_model
 from tests.daemon import MODEL, Daemon, GemmaSource, gemma_source, start_daemon
+from tests.helpers import write_source
+from tests.onnx_models import write_classifier_source
 
 EMAIL = "dana.whitfield@example.org"
 EMAIL_PROMPT = f"Write a short reply to {EMAIL} saying the parcel ships Monday."
@@ -39,7 +43,7 @@ keywords = ["top secret"]
 egress = "never"
 
 [classes.personal]
-pii = ["EMAIL", "PHONE"]
+pii = ["EMAIL", "PHONE", "PERSON", "ORGANIZATION"]
 egress = "redacted"
 
 [classes.public]
@@ -313,3 +317,74 @@ def test_the_daemon_refuses_to_start_on_an_invalid_policy(tmp_path: Path):
     home = Home(tmp_path / "home").ensure()
     with pytest.raises(PolicyError, match="default_class"):
         create_app(home, Settings(policy_file=str(bad)))
+
+
+def test_an_ner_bundle_fills_the_names_slot(
+    daemon: Daemon, use_policy, escalator, source: GemmaSource, tmp_path: Path
+):
+    folder = write_source(
+        tmp_path / "ner-src",
+        name="mini-ner",
+        kind="model",
+        files={
+            "model.onnx": ner_model.model_bytes(),
+            "tokenizer.json": ner_model.tokenizer_json().encode(),
+        },
+        model={
+            "format": "onnx",
+            "role": "classifier",
+            "task": "token-classification",
+            "labels": list(ner_model.LABELS),
+            "context_length": 128,
+            "file": "model.onnx",
+            "tokenizer": "tokenizer.json",
+        },
+    )
+    bundle = tmp_path / "mini-ner-1.0.0.bundle"
+    pack(folder, bundle)
+    sign(bundle, source.key.private)
+    daemon.install(bundle)
+    assert daemon.app.state.governor.analyzers.refresh() is True
+    ready = httpx.get(f"{daemon.url}/readyz").json()
+    assert ready["ready"] and "mini-ner" not in ready["models"]  # not served by the API
+
+    escalator.up = True
+    escalator.reply = "Tell <PERSON_1> that <ORGANIZATION_1> agreed."
+    response = _chat(daemon, "Alice Smith works at Acme Corp .")
+    assert response.headers["X-Appliance-Route"] == "escalated"
+    (item,) = escalator.asked
+    sent = item.messages[0]["content"]
+    assert "Alice" not in sent and "Acme" not in sent
+    assert "<PERSON_1>" in sent and "<ORGANIZATION_1>" in sent
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert answer == "Tell Alice Smith that Acme Corp agreed."
+    assert _audit(daemon)["finding_types"] == {"ORGANIZATION": 1, "PERSON": 1}
+
+
+def test_the_precheck_classifier_can_send_a_prompt_straight_to_the_upstream(
+    daemon: Daemon, use_policy, escalator, source: GemmaSource, tmp_path: Path, policy_file: Path
+):
+    folder = write_classifier_source(tmp_path / "clf-src", name="hardness")
+    bundle = tmp_path / "hardness-1.0.0.bundle"
+    pack(folder, bundle)
+    sign(bundle, source.key.private)
+    daemon.install(bundle)
+
+    def precheck(threshold: float) -> None:
+        policy_file.write_text(
+            POLICY.format(name="precheck", threshold=0.0, blocked="local")
+            + '\n[precheck]\nclassifier = "hardness"\nclassifier_label = "allow"\n'
+            + f'classifier_threshold = {threshold}\non_hard = "skip-local"\n'
+        )
+        assert daemon.app.state.governor.active.refresh()
+
+    escalator.up = True
+    precheck(0.0)  # every prompt scores >= 0: hard
+    hard = _chat(daemon, EMAIL_PROMPT)
+    assert hard.headers["X-Appliance-Route"] == "escalated"
+    assert hard.json()["appliance"]["confidence"] is None  # the local model never ran
+    assert any("classifier hardness" in r for r in _audit(daemon)["reasons"])
+    precheck(1.0)  # no score reaches 1 over three labels: not hard
+    easy = _chat(daemon, EMAIL_PROMPT)
+    assert easy.headers["X-Appliance-Route"] == "local"
+    assert len(escalator.asked) == 1

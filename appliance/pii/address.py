@@ -4,9 +4,11 @@ US/UK style: a house number (``221B``, ``12-14``), one to four capitalised stree
 words or ordinals (``Main``, ``5th``, ``Martin Luther King Jr.``), a street suffix
 (Street/St, Avenue/Ave, Road/Rd, Boulevard/Blvd, Lane/Ln, Drive/Dr, Court/Ct, Way,
 Place/Pl, Terrace, Highway/Hwy, Parkway …), then optionally a direction, a unit (``Apt 4B``,
-``Suite 200``, ``#12``) and ``, City, ST 12345``. The suffix is what makes it an address:
-"3 Main points" and "Chapter 12 Road Map" have no street name followed by a suffix. Name
-words must be capitalised, since "5 miles down the road" is prose.
+``Suite 200``, ``#12``) and ``, City, ST 12345`` or a UK ``, City NW1 6XE``. The full stop of
+an abbreviated suffix (``St.``) is part of the span, also at the end of a sentence. The
+suffix is what makes it an address: "3 Main points" and "Chapter 12 Road Map" have no street
+name followed by a suffix. Name words must be capitalised, since "5 miles down the road" is
+prose, and a year after "in", "since" … is not a house number ("In 2020 Main Street …").
 
 German: ``Hauptstraße 12``, ``Berliner Str. 5a``, ``Lindenweg 3``, optionally
 ``, 10115 Berlin``. French: ``12 rue de la Paix``, ``5 bis avenue Victor Hugo``, optionally
@@ -86,7 +88,12 @@ _FR_ADDRESS = re.compile(
 
 # House numbers are found from the blank after them ("12 ", "221B ", "12, "): far fewer
 # places to try than every digit of the text.
-_AFTER_NUMBER = re.compile(r"[ \t,](?:(?<=[0-9][ \t,])|(?<=[0-9][A-Za-z][ \t]))")
+# The look-ahead keeps only blanks followed by what a street name can start with.
+_AFTER_NUMBER = re.compile(
+    r"[ \t,](?:(?<=[0-9][ \t,])|(?<=[0-9][A-Za-z][ \t]))"
+    r"(?=[ \t]*(?:[A-Z]|[0-9]{1,3}(?:st|nd|rd|th)[ \t]|bis[ \t]|ter[ \t]|rue[ \t]|avenue|boulevard"
+    r"|bd[ \t]|place|chemin|allée|impasse|quai|route|cours|passage))"
+)
 
 
 def _number_start(text: str, blank: int) -> int:

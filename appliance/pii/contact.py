@@ -8,18 +8,24 @@ characters, labels of at most 63, no leading, trailing or doubled dots, no hyphe
 label's edge) and the top-level domain must be letters (or ``xn--`` punycode), not a file
 extension (``icon@2x.png`` is an asset name, not an address). Addresses are ASCII only.
 
-Phone: a candidate is a run of digits and separators (space, ``-``, ``.``, ``/``, brackets)
-with 7 to 15 digits (E.164's maximum), not glued to a word, a path or a time. Dates, dotted
-quads (IP addresses), 13-digit ISBNs and candidates right after words such as "order",
-"invoice" or "ISBN" are dropped; digits without any separator (``4155552671``) need a phone
-word before them ("call", "tel", "mobile" ...), since a bare run is more often an id. What is
-left is parsed with ``phonenumbers`` and must be **valid** (``is_valid_number``: a number in
-an allocated range of its region), not just possible (right length): possible-only accepts
-most 10-digit strings and would flag order numbers. Numbers with ``+`` or ``00`` carry their
-country; others are read as US numbers (the default region) and, when they start with a
-trunk ``0`` (``0171 1234567``, ``020 7946 0958``), as national numbers of the regions in
-`NATIONAL_REGIONS`. Dot-separated numbers must look like phone groupings (``415.555.2671``,
-``01.23.45.67.89``) so that ``2023.10.1234`` is not read as a Washington number.
+Phone: a candidate is a run of ASCII digits and separators (space, ``-``, ``.``, ``/``,
+brackets) with 7 to 15 digits (E.164's maximum), not glued to a word, a path or a time
+("Tel:0171 …" is fine, "12:30 …" is not). Shapes that are something else are dropped: dates,
+dotted quads (IP addresses), SSNs, card groupings (4-4-4-4, 4-6-5), 13-digit ISBNs, lone
+digits ("1 2 3 4 5 6 7"), and candidates right after words such as "order", "invoice",
+"ISBN" or "id"; digits without any separator (``4155552671``) need a phone word before them
+("call", "tel", "mobile" ...), since a bare run is more often an id. What is left is parsed
+with ``phonenumbers`` and must be **valid** (``is_valid_number``: a number in an allocated
+range of its region), not just possible (right length), which accepts nearly every string of
+the right length. Numbers with ``+`` or ``00`` carry their country; others are read as US
+numbers (the default region) and, when they start with a trunk ``0`` (``0171 1234567``,
+``020 7946 0958``), as national numbers of the regions in `NATIONAL_REGIONS`. Validity alone
+is weak evidence (about half of all random 10-digit strings are valid US numbers, and most
+random ``0…`` strings are valid somewhere in `NATIONAL_REGIONS`): the shape and word rules
+above carry most of the precision. Dot-separated numbers must look like phone groupings
+(``415.555.2671``, ``01.23.45.67.89``) so that ``2023.10.1234`` is not read as a Washington
+number. Two numbers separated only by blanks are split; an extension ("ext. 42") is not part
+of the span.
 """
 
 from __future__ import annotations
@@ -98,20 +104,29 @@ class EmailRecognizer:
 
 # ----------------------------------------------------------------------------------- phone
 
-# A run of digits and separators; bounded (24 characters inside) so that a long digit string
-# costs a constant amount per starting point. It may not start right after a word character,
-# '+', '/', '.', ':', '#', '@', '-', or a currency sign (`_GLUE`, checked in Python), and may
-# not end before more digits.
+# A run of digits and separators that starts with '+', '(' or a digit and ends with a digit
+# or ')'; bounded (27 characters) so a long digit string costs a constant amount per starting
+# point. The pattern starts with a plain character class so the engine can skip to candidate
+# starts quickly; the look-behind drops starts inside a number or word at once. It may not
+# start right after a word character, '+', '/', '.', ':', '#', '@', '-', or a currency sign
+# (`_GLUE`, checked in Python), and may not end before more digits.
 _PHONE_CANDIDATE = re.compile(
-    r"(?:\+[ \t]?|\(\+?)?[0-9][0-9 \t\-.()/]{5,24}[0-9]\)?(?![A-Za-z0-9_@]|[.\-/:,][0-9])"
+    r"[+(0-9](?<![A-Za-z0-9_][0-9])[0-9 \t\-.()/]{6,26}(?<=[0-9)])"
+    r"(?![A-Za-z0-9_@]|[.\-/:,][0-9])"
 )
 _GLUE = "+/.:#@$€£-"
-_DATE_SHAPES = (
-    re.compile(r"[0-9]{4}([-./])[0-9]{1,2}\1[0-9]{1,2}"),
-    re.compile(r"[0-9]{1,2}([-./])[0-9]{1,2}\1(?:[0-9]{4}|[0-9]{2})"),
+# Shapes that are something else: dates, dotted quads (IP addresses), SSNs, card groupings
+# (4-4-4-4, 4-6-5) and 13-digit ISBNs. One alternation, so one call rejects them all.
+_OTHER_SHAPES = re.compile(
+    r"[0-9]{4}([-./])[0-9]{1,2}\1[0-9]{1,2}"
+    r"|[0-9]{1,2}([-./])[0-9]{1,2}\2(?:[0-9]{4}|[0-9]{2})"
+    r"|[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+    r"|[0-9]{3}-[0-9]{2}-[0-9]{4}"
+    r"|97[89](?:[ -]?[0-9]){10}"
+    r"|[0-9]{4}([ -])[0-9]{6}\3[0-9]{4,5}"
+    r"|[0-9]{4}([ -])[0-9]{4}\4[0-9]{4}\4[0-9]{1,4}(?:\4[0-9]{1,3})?"
 )
-_DOTTED_QUAD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
-_SSN_SHAPE = re.compile(r"[0-9]{3}-[0-9]{2}-[0-9]{4}")
+_CARD_SHAPE = re.compile(r"[0-9]{4}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{1,4}|[0-9]{4}([ -])[0-9]{6}\2")
 _GROUP = re.compile(r"[0-9]+")
 _DOTTED_PHONE = re.compile(r"\+.*|\(?[0-9]{3}\)?\.[0-9]{3}\.[0-9]{4}|[0-9]{2}(?:\.[0-9]{2}){4}")
 _PHONE_WORDS = re.compile(
@@ -146,6 +161,17 @@ def _glued(text: str, start: int) -> bool:
     return glued_before(text, start, _GLUE)
 
 
+def _wrapped(candidate: str) -> bool:
+    """Whether `candidate` is a whole number in brackets, not "(415) 555-2671"."""
+    inner = candidate[1:-1]
+    return (
+        candidate[:1] == "("
+        and candidate[-1:] == ")"
+        and inner.count("(") == inner.count(")")
+        and _GROUP.fullmatch(inner.lstrip("+")) is None
+    )
+
+
 def _valid_national(number_digits: str) -> bool:
     """Whether '0…' is a valid national number in one of `NATIONAL_REGIONS`."""
     if not number_digits.startswith("0") or number_digits.startswith("00"):
@@ -170,18 +196,18 @@ def _valid_phone(candidate: str) -> bool:
         if candidate.startswith(("+", "(+")) or number_digits.startswith("00"):
             region = DEFAULT_REGION if candidate.startswith(("+", "(+")) else "DE"  # 00 = intl
             return phonenumbers.is_valid_number(phonenumbers.parse(candidate, region))
-        if phonenumbers.is_valid_number(phonenumbers.parse(candidate, DEFAULT_REGION)):
-            return True
+        if number_digits[0] != "0" and phonenumbers.is_valid_number(
+            phonenumbers.parse(candidate, DEFAULT_REGION)
+        ):
+            return True  # (a trunk '0' never starts a North American number)
     except phonenumbers.NumberParseException:
         return False
     return _valid_national(number_digits)
 
 
 def _shape_ok(candidate: str) -> bool:
-    """Rejects the shapes of dates, IP addresses, SSNs, ISBNs and unusual groupings."""
-    if any(shape.fullmatch(candidate) for shape in _DATE_SHAPES):
-        return False
-    if _DOTTED_QUAD.fullmatch(candidate) or _SSN_SHAPE.fullmatch(candidate):
+    """Rejects the shapes of dates, IP addresses, SSNs, cards, ISBNs and odd groupings."""
+    if _OTHER_SHAPES.fullmatch(candidate):
         return False
     # "1 2 3 4 5 6 7" is no number: a single digit may only be a country code or trunk prefix
     # ("+1 …", "1-800-…") or a one-digit area code after a country code ("+33 1 …").
@@ -191,9 +217,6 @@ def _shape_ok(candidate: str) -> bool:
         return False
     if "." in candidate and not _DOTTED_PHONE.fullmatch(candidate):
         return False
-    number_digits = digits(candidate)
-    if len(number_digits) == 13 and number_digits.startswith(("978", "979")):
-        return False  # an ISBN-13
     return candidate.count("(") == candidate.count(")")
 
 
@@ -217,7 +240,11 @@ class PhoneRecognizer:
         candidate = candidate.rstrip(" \t-./(")
         if candidate.endswith(")") and candidate.count("(") < candidate.count(")"):
             candidate = candidate[:-1]
+        if _wrapped(candidate):  # "(+1 415 555 2671)": the brackets are the prose's
+            start, candidate = start + 1, candidate[1:-1]
         if not _shape_ok(candidate):
+            if not _CARD_SHAPE.match(candidate):
+                yield from self._split(text, start, candidate, valid)
             return
         phone_context = has_context(text, start, _PHONE_WORDS, 30)
         if not phone_context and has_context(text, start, _NOT_PHONE_WORDS, 30):

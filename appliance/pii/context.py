@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 
 CONTEXT_WINDOW = 40  # characters before a candidate searched for context words
 
@@ -33,9 +34,12 @@ def has_context(
     return pattern.search(fold(before(text, start, window))) is not None
 
 
+_NON_DIGITS = re.compile(r"[^0-9]+")
+
+
 def digits(value: str) -> str:
-    """The digits of `value`, in order."""
-    return "".join(c for c in value if c.isdigit())
+    """The ASCII digits of `value`, in order."""
+    return _NON_DIGITS.sub("", value)
 
 
 def shannon_entropy(value: str) -> float:
@@ -83,3 +87,30 @@ def fold(text: str) -> str:
 def contains_any(text: str, needles: tuple[str, ...]) -> bool:
     """Whether any of `needles` occurs in `text` (a cheap test before a regex scan)."""
     return any(needle in text for needle in needles)
+
+
+def matches_near(
+    pattern: re.Pattern[str], folded: str, stems: tuple[str, ...], reach: int = 40
+) -> Iterator[re.Match[str]]:
+    """Matches of `pattern` in `folded` around the places where one of `stems` occurs.
+
+    Keyword patterns with many alternatives are slow to scan a whole prompt with (every
+    letter may start one); finding their stems with ``str.find`` and scanning only `reach`
+    characters around each is several times faster. Every alternative of `pattern` must
+    contain one of the stems, and be at most `reach` characters long.
+    """
+    windows: list[tuple[int, int]] = []
+    for stem in stems:
+        index = folded.find(stem)
+        while index >= 0:
+            windows.append((max(0, index - reach), min(len(folded), index + len(stem) + reach)))
+            index = folded.find(stem, index + 1)
+    windows.sort()
+    start, end = -1, -1
+    for low, high in [*windows, (len(folded) + 1, len(folded) + 1)]:
+        if low <= end:
+            end = max(end, high)
+            continue
+        if end > start:
+            yield from pattern.finditer(folded, start, end)
+        start, end = low, high

@@ -8,7 +8,9 @@ Three kinds of evidence, from strongest to weakest:
    Anthropic ``sk-ant-``, GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_``,
    AWS access key ids ``AKIA``/``ASIA``, Slack ``xox[baprs]-``, Google ``AIza``, Stripe
    ``sk_live_``/``rk_live_`` (and ``_test_``), GitLab ``glpat-``, Hugging Face ``hf_``, npm
-   ``npm_``, JSON web tokens (``eyJ…``.``eyJ…``.``…``) and PEM private-key blocks.
+   ``npm_``, JSON web tokens (``eyJ…``.``eyJ…``.``…``) and PEM private-key blocks. The part
+   after the prefix must look generated (digits, or mixed case): ``sk-loading-spinner-wrap``
+   is a CSS class.
 2. A context word (password, secret, token, api key, access key, credential, bearer …, also
    as part of an identifier: ``aws_secret_access_key``, ``DB_PASSWORD``, ``clientSecret``)
    followed by ``:``, ``=``, ``is`` and a value. After the secret-like words the value must
@@ -19,7 +21,10 @@ Three kinds of evidence, from strongest to weakest:
 3. After password words any value counts (``password: hunter2!``) unless it is a
    placeholder (``****``, ``<redacted>``, ``required``), a code reference (``$DB_PASS``,
    ``os.environ[...]``, ``config.password``) or, after "is", a plain lower-case word ("the
-   password is wrong"). Passwords in URLs (``postgres://user:pw@host``) count too.
+   password is wrong"). ``--password value`` command-line flags count, identifiers that
+   describe a secret instead of holding one (``password_min_length = 12``,
+   ``password_hash: …``, ``token_count``) do not. Passwords in URLs
+   (``postgres://user:pw@host``) count too.
 
 Without a prefix or a context word nothing is reported: UUIDs, git SHAs and hashes are too
 common in prompts to be treated as secrets on their shape alone.
@@ -35,6 +40,7 @@ from appliance.pii.context import (
     contains_any,
     fold,
     glued_before,
+    matches_near,
     shannon_entropy,
 )
 from appliance.pii.findings import SECRET, Finding
@@ -118,6 +124,13 @@ def looks_random(value: str) -> bool:
     )
 
 
+def _generated(token: str) -> bool:
+    """Keys are random: digits, or both cases ("sk-loading-spinner-wrapper" is a CSS class)."""
+    return any(c.isdigit() for c in token[4:]) or (
+        any(c.isupper() for c in token[4:]) and any(c.islower() for c in token[4:])
+    )
+
+
 def _plausible_password(value: str, after_is: bool) -> bool:
     if _PLACEHOLDER.fullmatch(value) or _CODE_REFERENCE.fullmatch(value):
         return False
@@ -140,7 +153,7 @@ class SecretRecognizer:
     def find(self, text: str) -> Iterator[Finding]:
         if contains_any(text, _PREFIXES):
             for match in _PREFIXED.finditer(text):
-                if glued_before(text, match.start(), "-"):
+                if glued_before(text, match.start(), "-") or not _generated(match.group()):
                     continue
                 jwt = match.group().startswith("eyJ")
                 score = self.score_jwt if jwt else self.score_prefixed
@@ -151,9 +164,7 @@ class SecretRecognizer:
             for match in _URL_PASSWORD.finditer(text):
                 yield Finding(SECRET, *match.span(1), self.score_url_password, self.name)
         folded = fold(text)
-        if not contains_any(folded, _CONTEXT_STEMS):
-            return
-        for word in _CONTEXT_WORD.finditer(folded):
+        for word in matches_near(_CONTEXT_WORD, folded, _CONTEXT_STEMS):
             start = word.start()
             if start > 0 and text[start - 1].isalnum():
                 camel = text[start - 1].islower() or text[start - 1].isdigit()

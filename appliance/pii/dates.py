@@ -42,6 +42,7 @@ _DAY_FIRST = re.compile(
 )
 DATE_PATTERNS = (_ISO, _NUMERIC, _MONTH_FIRST, _DAY_FIRST)
 EARLIEST_YEAR = 1900
+MAX_DATE_LENGTH = 40  # characters: "14th of September, 1985" and then some
 
 
 def _real_day(year: int, month: int, day: int, today: date) -> bool:
@@ -75,13 +76,16 @@ def past_date(match: re.Match[str], today: date | None = None) -> bool:
 
 
 def find_past_date(text: str, start: int, end: int) -> re.Match[str] | None:
-    """The first real past date that begins in `text[start:end]`."""
-    best: re.Match[str] | None = None
-    for pattern in DATE_PATTERNS:
-        for match in pattern.finditer(text, start, min(len(text), end + 40)):
-            if match.start() >= end or (best is not None and match.start() >= best.start()):
-                break
-            if past_date(match):
-                best = match
-                break
-    return best
+    """The first real past date that begins in `text[start:end]`.
+
+    Each pattern is tried anchored at the starts of words in the window only, so the cost is
+    bounded by the window, however long the text is.
+    """
+    for index in range(start, min(end, len(text))):
+        if not text[index].isalnum() or (index > 0 and text[index - 1].isalnum()):
+            continue
+        for pattern in DATE_PATTERNS:
+            match = pattern.match(text, index, min(len(text), index + MAX_DATE_LENGTH))
+            if match is not None and past_date(match):
+                return match
+    return None

@@ -26,7 +26,11 @@ from appliance.pii.findings import CREDIT_CARD, IBAN, Finding
 
 # ------------------------------------------------------------------------------------ card
 
-_CARD_CANDIDATE = re.compile(r"[0-9](?:[ \-]?[0-9]){12,18}(?![A-Za-z0-9_\-]|[.,][0-9])")
+# The look-behind after the first digit rejects a start inside a number at once (a leading
+# look-behind would keep the engine from skipping quickly to the digits).
+_CARD_CANDIDATE = re.compile(
+    r"[0-9](?<![A-Za-z0-9_][0-9])(?:[ \-]?[0-9]){12,18}(?![A-Za-z0-9_\-]|[.,][0-9])"
+)
 
 # (lowest prefix, highest prefix, lengths): prefixes compared on as many digits as they have.
 _ISSUERS: tuple[tuple[int, int, tuple[int, ...]], ...] = (
@@ -101,7 +105,7 @@ class CreditCardRecognizer:
 # ------------------------------------------------------------------------------------ IBAN
 
 _IBAN_CANDIDATE = re.compile(
-    r"[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
+    r"[A-Z][A-Z][0-9][0-9](?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
 )
 _BBAN_FIELD = re.compile(r"([0-9]+)!")
 _IBAN_DB = numdb.get("iban")

@@ -24,14 +24,16 @@ from collections.abc import Iterator
 
 from stdnum.us import ssn
 
-from appliance.pii.context import contains_any, fold, glued_before, has_context
+from appliance.pii.context import contains_any, fold, glued_before, has_context, matches_near
 from appliance.pii.dates import find_past_date
 from appliance.pii.findings import DATE_OF_BIRTH, NATIONAL_ID, PASSPORT, US_SSN, Finding
 
 # ------------------------------------------------------------------------------------- SSN
 
-_SSN_GROUPED = re.compile(r"[0-9]{3}([- ])[0-9]{2}\1[0-9]{4}(?![A-Za-z0-9_\-]|[.,][0-9])")
-_SSN_BARE = re.compile(r"[0-9]{9}(?![A-Za-z0-9_\-]|[.,][0-9])")
+_SSN_GROUPED = re.compile(
+    r"[0-9](?<![A-Za-z0-9_][0-9])[0-9]{2}([- ])[0-9]{2}\1[0-9]{4}(?![A-Za-z0-9_\-]|[.,][0-9])"
+)
+_SSN_BARE = re.compile(r"[0-9](?<![A-Za-z0-9_][0-9])[0-9]{8}(?![A-Za-z0-9_\-]|[.,][0-9])")
 _SSN_WORDS = re.compile(
     r"(?<![a-z0-9_])(?:ssn|ss\s*#|ss\s+no|social\s+security|social\s+sec|taxpayer\s+id)"
     r"(?![a-z0-9_])"
@@ -77,8 +79,8 @@ _BIRTH_WORDS = re.compile(
     r"|dob|geburtsdatum|geboren|geb\.|date\s+de\s+naissance|n[ée]e?\s+le"
     r"|fecha\s+de\s+nacimiento)(?![a-z0-9_-])"
 )
-_BIRTH_STEMS = ("birth", "bday", "b-day", "born", "d.o.b", "d. o. b", "dob", "geb", "naissance")
-_BIRTH_STEMS += (" le ", "nacimiento")
+_BIRTH_STEMS = ("birth", "bday", "b-day", "born", "d.o", "d. o", "dob", "geb", "naissance")
+_BIRTH_STEMS += ("née", "nee", "ne le", "nacimiento")
 BIRTH_WINDOW = 40  # characters after the word in which the date must begin
 
 
@@ -93,15 +95,17 @@ class DateOfBirthRecognizer:
         folded = fold(text)
         if not contains_any(folded, _BIRTH_STEMS):
             return
-        reported = -1
-        for word in _BIRTH_WORDS.finditer(folded):
+        scanned = 0  # dates starting before this were already looked for
+        for word in matches_near(_BIRTH_WORDS, folded, _BIRTH_STEMS):
             if glued_before(folded, word.start(), "-"):
                 continue
             end = text.find("\n", word.end(), word.end() + BIRTH_WINDOW)
             end = word.end() + BIRTH_WINDOW if end < 0 else end
-            match = find_past_date(text, word.end(), end)
-            if match is not None and match.start() > reported:
-                reported = match.start()
+            match = find_past_date(text, max(word.end(), scanned), end)
+            if match is None:
+                scanned = max(scanned, end)
+            else:
+                scanned = match.end()
                 yield Finding(DATE_OF_BIRTH, match.start(), match.end(), self.score, self.name)
 
 
@@ -123,8 +127,8 @@ _NATIONAL_ID_WORDS = re.compile(
     r")(?![a-z0-9_-])"
 )
 _NATIONAL_ID_STEMS = ("card", "identit", "national", "ni number", "licen", "dl", "ausweis")
-_NATIONAL_ID_STEMS += ("führer", "fuehrer", "steuer", "tax id", "aadhaar", "fiscale")
-_NATIONAL_ID_STEMS += ("personnummer", "social insurance")
+_NATIONAL_ID_STEMS += ("führer", "fuehrer", "steuer", "tax", "aadhaar", "fiscale")
+_NATIONAL_ID_STEMS += ("personnummer", "insurance")
 _NATIONAL_ID_ACRONYMS = re.compile(
     r"(?:DNI|NIE|BSN|CPR|PESEL|NIR|NINO|SIN|TIN|NIN)(?![A-Za-z0-9_-])"
 )
@@ -160,6 +164,8 @@ def _document_number(text: str, folded: str, start: int) -> tuple[int, int] | No
     first = groups[0]
     if not (first.isupper() or first.isdigit() or first.islower()):
         return None  # mixed-case words are prose, not document numbers
+    if not any(c.isdigit() for c in first) and not (first.isupper() and len(first) <= 3):
+        return None  # a word ("expires 2030"), not a letter prefix ("QQ 12 34 56 C")
     return position, position + len(value)
 
 
@@ -174,11 +180,10 @@ class DocumentNumberRecognizer:
     def find(self, text: str) -> Iterator[Finding]:
         folded = fold(text)
         words: list[tuple[re.Match[str], str, float]] = []
-        if contains_any(folded, _PASSPORT_STEMS):
-            words += [(m, PASSPORT, self.score_passport) for m in _PASSPORT_WORDS.finditer(folded)]
-        if contains_any(folded, _NATIONAL_ID_STEMS):
-            found = _NATIONAL_ID_WORDS.finditer(folded)
-            words += [(m, NATIONAL_ID, self.score_national_id) for m in found]
+        found = matches_near(_PASSPORT_WORDS, folded, _PASSPORT_STEMS)
+        words += [(m, PASSPORT, self.score_passport) for m in found]
+        found = matches_near(_NATIONAL_ID_WORDS, folded, _NATIONAL_ID_STEMS)
+        words += [(m, NATIONAL_ID, self.score_national_id) for m in found]
         found = _NATIONAL_ID_ACRONYMS.finditer(text)
         words += [(m, NATIONAL_ID, self.score_national_id) for m in found]
         for word, kind, score in words:

@@ -27,13 +27,16 @@ from collections.abc import Iterator
 from appliance.pii.context import glued_before, has_context
 from appliance.pii.findings import IP_ADDRESS, MAC_ADDRESS, Finding
 
-_IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![A-Za-z0-9_\-]|\.[0-9])")
+_IPV4 = re.compile(
+    r"[0-9](?<![A-Za-z0-9_][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![A-Za-z0-9_\-]|\.[0-9])"
+)
 _IPV4_HINT = re.compile(r"[0-9]\.[0-9]")
 _VERSION_WORDS = re.compile(
     r"\b(?:version|ver|release|build|firmware|fw|rev|revision|kernel|patch|sdk|driver"
     r"|update|upgrade|bios)\b\.?\s*[:=]?\s*(?:to\s+)?$"
 )
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_HEX_COLON = frozenset("0123456789abcdefABCDEF:")
 _IPV6 = re.compile(
     r"(?<![A-Za-z0-9_:.])(?:[0-9A-Fa-f]{0,4}:){2,7}"
     r"(?:(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[0-9A-Fa-f]{1,4})?"
@@ -52,8 +55,8 @@ _HEX_LETTER = re.compile(r"[A-Fa-f]")
 
 
 def _plausible_ipv6(candidate: str) -> bool:
-    if "::" not in candidate:
-        return True
+    if "::" not in candidate:  # the full form: eight groups, or six and an IPv4 tail
+        return candidate.count(":") == (6 if "." in candidate else 7)
     groups = [g for g in re.split(r"::?", candidate) if g]
     return len(groups) >= 2 and any(len(g) >= 3 for g in groups)
 
@@ -74,10 +77,21 @@ class IpAddressRecognizer:
                 if has_context(text, match.start(), _VERSION_WORDS, 24):
                     continue
                 yield from self._checked(match, ipaddress.IPv4Address)
-        if _IPV6_HINT.search(text):
-            for match in _IPV6.finditer(text):
-                if _plausible_ipv6(match.group()):
-                    yield from self._checked(match, ipaddress.IPv6Address)
+        tried = 0  # each run of hex digits and colons is tried once, from its start
+        for hint in _IPV6_HINT.finditer(text):  # ":12:" or "::", rare outside addresses
+            if hint.start() < tried:
+                continue
+            start = hint.start()
+            while start > tried and text[start - 1] in _HEX_COLON:
+                start -= 1
+            match = _IPV6.match(text, start)
+            if match is not None and _plausible_ipv6(match.group()):
+                tried = match.end()
+                yield from self._checked(match, ipaddress.IPv6Address)
+                continue
+            tried = hint.end()
+            while tried < len(text) and text[tried] in _HEX_COLON:
+                tried += 1
 
     def _checked(
         self, match: re.Match[str], parse: type[ipaddress.IPv4Address | ipaddress.IPv6Address]

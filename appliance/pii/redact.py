@@ -74,9 +74,11 @@ def _numbers_in_use(texts: Iterable[str], kinds: tuple[str, ...]) -> dict[str, i
     if not kinds:
         return highest
     pattern = _placeholder_pattern(kinds)
+    stems = tuple(f"{kind.lower()}_" for kind in kinds)
     for text in texts:
-        if "_" not in text:
-            continue
+        folded = text.lower()
+        if not any(stem in folded for stem in stems):
+            continue  # the cheap test: no "type_" anywhere, in any case
         for match in pattern.finditer(text):
             kind = (match.group("t1") or match.group("t2")).upper()
             number = int(match.group("n1") or match.group("n2"))
