@@ -64,10 +64,9 @@ def classify(
     findings = tuple(tuple(analyzer.analyze(text)) for text in texts)
     joined = "\n".join(texts)
     flat = [f for per_text in findings for f in per_text]
-    classes = policy.classes_for(flat, joined)
-    keywords = (
-        policy.keyword_hits(joined) if any(k.keywords for k in policy.classes.values()) else {}
-    )
+    keywords = policy.keyword_hits(joined)
+    # classes_for scans for keywords again only when there is one to find
+    classes = policy.classes_for(flat, joined if keywords else "")
     hard = policy.precheck.hard_reason(joined) or classifier_says_hard
     return Classification(
         classes=classes,

@@ -17,9 +17,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import cache
+from typing import Any
 
 from stdnum import iban, luhn, numdb
 from stdnum.exceptions import ValidationError
+from stdnum.iso7064 import mod_97_10
+from stdnum.util import get_cc_module
 
 from appliance.pii.context import digits, glued_before
 from appliance.pii.findings import CREDIT_CARD, IBAN, Finding
@@ -108,6 +111,7 @@ _IBAN_CANDIDATE = re.compile(
     r"[A-Z][A-Z][0-9][0-9](?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![A-Za-z0-9])"
 )
 _BBAN_FIELD = re.compile(r"([0-9]+)!")
+_BBAN_PART = re.compile(r"([0-9]+)!?([nac])")  # "8!n10!n": 8 digits, then 10 digits
 _IBAN_DB = numdb.get("iban")
 
 
@@ -119,6 +123,37 @@ def iban_length(country: str) -> int | None:
     if not structure:
         return None
     return 4 + sum(int(n) for n in _BBAN_FIELD.findall(structure))
+
+
+@cache
+def _bban_rules(country: str) -> tuple[re.Pattern[str] | None, Any]:
+    """`country`'s BBAN structure as a pattern, and stdnum's national checks (if any)."""
+    info = _IBAN_DB.info(country)
+    structure = info[0][1].get("bban") if info and info[0][1] else None
+    if not structure:
+        return None, None
+    fields = {"n": "[0-9]", "a": "[A-Z]", "c": "[A-Za-z0-9]"}
+    body = "".join(f"{fields[kind]}{{{n}}}" for n, kind in _BBAN_PART.findall(structure))
+    return re.compile(f"{body}$"), get_cc_module(country.lower(), "iban")
+
+
+def valid_iban(number: str) -> bool:
+    """stdnum's ``iban.validate`` in the cheapest order, the registry lookups cached.
+
+    The mod-97 check first (it rejects nearly every random candidate), then the country's
+    BBAN structure, then the national check digits stdnum knows (e.g. the French RIB key).
+    """
+    if not mod_97_10.is_valid(number[4:] + number[:4]):
+        return False
+    pattern, national = _bban_rules(number[:2])
+    if pattern is None or not pattern.match(number[4:]):
+        return False
+    if national is not None:
+        try:
+            national.validate(number)
+        except ValidationError:
+            return False
+    return True
 
 
 def _prefix_end(candidate: str, alphanumerics: int) -> int:
@@ -153,8 +188,6 @@ class IbanRecognizer:
             end = _prefix_end(candidate, length)
             if end < len(candidate) and candidate[end] != " ":
                 continue  # the cut would split a group of the text
-            try:
-                iban.validate(compact[:length])
-            except ValidationError:
+            if not valid_iban(compact[:length]):
                 continue
             yield Finding(IBAN, match.start(), match.start() + end, self.score, self.name)
