@@ -58,6 +58,28 @@ class UpstreamSettings(_Strict):
     perimeter: Literal["internal", "external"] = "external"
 
 
+class OutboxSettings(_Strict):
+    """The store-and-forward queue of escalations in state.db."""
+
+    max_items: int = Field(default=100_000, ge=1)  # items kept (every state but done)
+    max_bytes: int = Field(default=256 * MiB, ge=1 * MiB)  # bytes of stored requests
+    when_full: Literal["reject", "drop-oldest"] = "reject"  # drop-oldest: of the lowest priority
+    ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)  # seconds an item may wait to be sent
+    lease_s: float = Field(default=120.0, gt=0)  # seconds a sender holds an item it took
+
+
+class SyncSettings(_Strict):
+    """Uplink probing and outbox draining."""
+
+    interval_s: float = Field(default=5.0, gt=0)  # seconds between drains while the uplink is up
+    probe_interval_s: float = Field(default=30.0, gt=0)  # seconds between probes of an upstream
+    probe_timeout_s: float = Field(default=5.0, gt=0)  # seconds
+    request_timeout_s: float = Field(default=120.0, gt=0)  # seconds for one upstream answer
+    backoff_base_s: float = Field(default=2.0, gt=0)  # seconds before the first retry
+    backoff_max_s: float = Field(default=900.0, gt=0)  # the longest wait between retries
+    batch: int = Field(default=8, ge=1)  # items taken per drain round
+
+
 class BundleLimits(_Strict):
     """Hard limits applied to every bundle before any byte is trusted."""
 
@@ -81,6 +103,8 @@ class Settings(_Strict):
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     bundles: BundleSettings = Field(default_factory=BundleSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     # the policy file when no policy bundle is active; "" = the packaged policies/default.toml
     policy_file: str = ""
 
