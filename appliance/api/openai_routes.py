@@ -52,7 +52,12 @@ async def list_models(request: Request) -> dict[str, Any]:
                 "object": "model",
                 "created": 0,
                 "owned_by": "appliance",
-                "appliance": {"version": s.version, "role": s.role, "format": s.format},
+                "appliance": {
+                    "version": s.version,
+                    "role": s.role,
+                    "format": s.format,
+                    "adapter_digest": s.adapter_digest,
+                },
             }
             for s in specs
         ],

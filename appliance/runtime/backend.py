@@ -30,6 +30,15 @@ class ModelSpec:
     weights: Path  # the model file inside payload/
     chat_template: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other keys of the manifest's model
+    # an active signed adapter bundle (LoRA GGUF) that names this model as its base
+    adapter: Path | None = None
+    adapter_scale: float = 1.0
+    adapter_digest: str | None = None
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        """What must match for a loaded model to be the one wanted: weights and adapter."""
+        return self.digest, self.adapter_digest
 
     @property
     def payload(self) -> Path:

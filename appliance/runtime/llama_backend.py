@@ -20,6 +20,7 @@ import psutil
 
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime import templates
+from appliance.runtime.adapters import check_adapter
 from appliance.runtime.backend import (
     FinishReason,
     GenerationRequest,
@@ -56,6 +57,8 @@ class LlamaBackend:
         import llama_cpp
 
         offload = gpu_present() and bool(llama_cpp.llama_supports_gpu_offload())
+        if self.spec.adapter is not None:
+            check_adapter(self.spec.weights, self.spec.adapter)  # llama.cpp may crash instead
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(self.spec.weights),
@@ -64,12 +67,16 @@ class LlamaBackend:
                 n_threads_batch=self.n_threads,
                 n_gpu_layers=-1 if offload else 0,
                 logits_all=False,
+                lora_path=str(self.spec.adapter) if self.spec.adapter else None,
+                lora_scale=self.spec.adapter_scale,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as e:
             spec = self.spec
+            with_adapter = f" with adapter {spec.adapter.name}" if spec.adapter else ""
             raise ModelLoadError(
-                f"cannot load {spec.name} {spec.version} from {spec.weights.name}: {e}"
+                f"cannot load {spec.name} {spec.version} from {spec.weights.name}"
+                f"{with_adapter}: {e}"
             ) from e
         self._device = "gpu" if offload else "cpu"
         self._template = templates.choose_template(self.spec.chat_template, self._llm.metadata)

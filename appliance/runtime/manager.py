@@ -9,6 +9,7 @@ again on the next request. Nothing is loaded that would not fit in the memory le
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -167,6 +168,7 @@ class ModelManager:
         self._specs: dict[str, ModelSpec] = {}
         self._workers: dict[str, ModelWorker] = {}
         self.errors: dict[str, str] = {}  # model name -> why it could not be loaded
+        self.bad_adapters: dict[str, str] = {}  # adapter bundle digest -> why it failed to load
 
     # -- what should be served ------------------------------------------------------------
 
@@ -174,6 +176,7 @@ class ModelManager:
         db = open_state(self.home)
         try:
             active = records.query(db, "WHERE a.version IS NOT NULL AND b.kind = 'model'")
+            adapters = records.query(db, "WHERE a.version IS NOT NULL AND b.kind = 'adapter'")
         finally:
             db.close()
         specs = {}
@@ -181,6 +184,21 @@ class ModelManager:
             spec = spec_from_record(self.home, bundle)
             if spec.role in SERVED_ROLES and spec.extra.get("task") != TOKEN_CLASSIFICATION:
                 specs[spec.name] = spec
+        for adapter in adapters:
+            model = adapter.manifest["model"]
+            base = specs.get(str(model.get("base", "")))
+            if base is None or base.format != "gguf" or adapter.revoked:
+                continue
+            if adapter.digest in self.bad_adapters:
+                continue
+            specs[base.name] = dataclasses.replace(
+                base,
+                adapter=self.home.bundle_dir(adapter.name, adapter.version)
+                / "payload"
+                / model["file"],
+                adapter_scale=float(model.get("scale", 1.0)),
+                adapter_digest=adapter.digest,
+            )
         return specs
 
     def refresh(self) -> None:
@@ -195,7 +213,7 @@ class ModelManager:
             current = self._workers.get(name)
             if current is None and not self.settings.preload:
                 continue
-            if current is not None and current.spec.digest == spec.digest:
+            if current is not None and current.spec.identity == spec.identity:
                 continue
             try:
                 self._load(spec)
@@ -206,11 +224,23 @@ class ModelManager:
     def _load(self, spec: ModelSpec) -> ModelWorker:
         with self._load_lock:
             current = self._workers.get(spec.name)
-            if current is not None and current.spec.digest == spec.digest:
+            if current is not None and current.spec.identity == spec.identity:
                 return current
             check_memory(spec)
             backend = self._factory(spec)
-            backend.load()
+            try:
+                backend.load()
+            except ModelLoadError as e:
+                if spec.adapter is None:
+                    raise
+                # A bad adapter must not take its base model down: serve the base without
+                # it, and leave that adapter bundle out until another one is activated.
+                assert spec.adapter_digest is not None
+                self.bad_adapters[spec.adapter_digest] = str(e)
+                log.error("adapter for %s not applied: %s", spec.name, e)
+                spec = dataclasses.replace(spec, adapter=None, adapter_digest=None)
+                backend = self._factory(spec)
+                backend.load()
             worker = ModelWorker(backend, self.settings.queue_size)
             with self._lock:
                 previous = self._workers.get(spec.name)
