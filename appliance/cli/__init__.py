@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from appliance.cli import bundle, daemon, keys, policy, tokens, trust
+from appliance.cli import bundle, daemon, keys, outbox, policy, tokens, trust
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
 
@@ -14,6 +14,7 @@ app.add_typer(trust.app, name="trust")
 app.add_typer(bundle.app, name="bundle")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(policy.app, name="policy")
+app.add_typer(outbox.app, name="outbox")
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)
 

@@ -1,0 +1,543 @@
+"""The outbox: a durable store-and-forward queue of escalations in state.db.
+
+An escalation that cannot go upstream now (uplink down, ``queue`` mode) is kept here until
+a sender delivers it. Durability comes from state.db itself: WAL with ``synchronous=FULL``,
+so :meth:`Outbox.enqueue` returning means the item survives a power cut, and the device may
+be told "queued" with its escalation id.
+
+Lifecycle of an item::
+
+    queued --claim--> sending --complete--> done
+       ^                 |  \\--fail-----> failed      (permanent; `retry` re-queues)
+       |---release-------/
+    queued/sending past expires_at --expire--> expired   (`retry` re-queues)
+
+Senders *lease* items: :meth:`claim` marks them ``sending`` for ``lease_s`` seconds under an
+owner name, in one ``BEGIN IMMEDIATE`` transaction, so two senders (threads or processes)
+never take the same item. A sender that dies leaves its lease to run out, after which the
+item is claimable again. Since the escalation id is also the upstream's ``Idempotency-Key``,
+a resend after such a crash is not charged twice by an upstream that honours the key, and a
+second answer never overwrites the first (:meth:`complete` keeps the first result).
+
+Every time column holds UTC text in one fixed format (see ``model.fmt_time``) so comparisons
+and ``ORDER BY`` work on the text. Each thread has its own SQLite connection.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import sqlite_utils
+
+from appliance.governance.escalation import Escalation, UpstreamAnswer
+from appliance.home import Home
+from appliance.outbox import capacity, schema
+from appliance.outbox.crypto import MapCipher
+from appliance.outbox.errors import OutboxError
+from appliance.outbox.model import (
+    FINISHED_STATES,
+    STATES,
+    OutboxItem,
+    OutboxResult,
+    fmt_time,
+    parse_time,
+)
+from appliance.settings import OutboxSettings
+from appliance.state import open_state, write_transaction
+
+_ITEM_COLUMNS = (
+    "id, created_at, priority, expires_at, upstream, endpoint, messages, params, model, "
+    "device, sensitivity, reasons, local_answer, confidence, state, attempts, "
+    "next_attempt_at, last_error, lease_owner, lease_until, size_bytes"
+)
+_RESULT_COLUMNS = (
+    "id, upstream, model, text, prompt_tokens, completion_tokens, cost_usd, finish_reason, "
+    "received_at"
+)
+_INSERT_COLUMNS = (
+    "id, created_at, priority, expires_at, upstream, endpoint, messages, params, model, "
+    "device, sensitivity, reasons, local_answer, confidence, mapping_sealed, state, attempts, "
+    "next_attempt_at, size_bytes"
+)
+_INSERT = f"INSERT INTO outbox ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_IN_CHUNK = 500  # ids per "IN (...)" lookup, well under SQLite's variable limit
+_GOLDEN_PAGE = 256  # rows per read while iterating golden(): no read transaction stays open
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# One encoder, built once: json.dumps() with options builds a new one on every call.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dumps(value: Any) -> str:
+    return _ENCODER.encode(value)
+
+
+class Outbox:
+    """The outbox of one APPLIANCE_HOME (tables ``outbox`` and ``outbox_results``)."""
+
+    def __init__(
+        self,
+        home: Home,
+        settings: OutboxSettings,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self.home = home.ensure()
+        self.settings = settings
+        self._clock = clock
+        self._cipher = MapCipher(self.home)
+        self._local = threading.local()
+        try:
+            db = self._db()
+            if schema.missing(db.conn):
+                with write_transaction(db) as conn:
+                    schema.create(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections -------------------------------------------------------------------
+
+    def _db(self) -> sqlite_utils.Database:
+        # SQLite connections belong to the thread that opened them; the daemon's request
+        # threads and its sender each get their own, opened on first use.
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_state(self.home)
+        return db
+
+    def _conn(self) -> sqlite3.Connection:
+        return self._db().conn
+
+    def close(self) -> None:
+        """Close this thread's connection; other threads' close when those threads end."""
+        db: sqlite_utils.Database | None = self._local.__dict__.pop("db", None)
+        if db is not None:
+            db.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise OutboxError("the outbox clock returned a naive datetime; it must be UTC")
+        return now.astimezone(UTC)
+
+    # -- enqueue -----------------------------------------------------------------------
+
+    def enqueue(self, item: Escalation) -> None:
+        """Keep `item` until sent; durable when this returns. The same id again is a no-op.
+
+        Raises :class:`OutboxFullError` when the cap is reached (see ``capacity``).
+        """
+        self.enqueue_many((item,))
+
+    def enqueue_many(self, items: Sequence[Escalation]) -> None:
+        """Enqueue several items in one transaction: all are kept, or (on an error) none."""
+        now = self._now()
+        next_attempt = fmt_time(now)
+        rows = [self._row(item, now, next_attempt) for item in items]  # sealed outside the lock
+        if not rows:
+            return
+        with write_transaction(self._db()) as conn:
+            ids = [row[0] for row in rows]
+            present = {
+                found[0]
+                for start in range(0, len(ids), _IN_CHUNK)
+                for found in conn.execute(
+                    "SELECT id FROM outbox WHERE id IN "
+                    f"({', '.join('?' * len(ids[start : start + _IN_CHUNK]))})",
+                    ids[start : start + _IN_CHUNK],
+                )
+            }
+            room = capacity.Room(conn, self.settings)
+            for row in rows:
+                if row[0] in present:
+                    continue  # same id again: the first one stands
+                present.add(row[0])
+                room.make(size=row[-1], priority=row[2])
+                conn.execute(_INSERT, row)
+        capacity.log_dropped(room.dropped)
+
+    def _row(self, item: Escalation, now: datetime, next_attempt: str) -> tuple[Any, ...]:
+        """The INSERT values of `item` (in ``_INSERT_COLUMNS`` order, size_bytes last)."""
+        try:
+            uuid.UUID(item.id)
+        except (TypeError, ValueError, AttributeError):
+            raise OutboxError(f"escalation id {item.id!r} is not a UUID") from None
+        created = parse_time(item.created_at) if item.created_at else now
+        messages = _dumps([dict(m) for m in item.messages])
+        params = _dumps(
+            {
+                "max_tokens": item.max_tokens,
+                "temperature": item.temperature,
+                "top_p": item.top_p,
+                "stop": list(item.stop),
+            }
+        )
+        sealed = self._cipher.seal(item.id, item.mapping)
+        size = len(messages.encode()) + len(params.encode()) + len(sealed)
+        return (
+            item.id,
+            fmt_time(created),
+            int(item.priority),
+            fmt_time(created + timedelta(seconds=self.settings.ttl_s)),
+            item.upstream,
+            item.endpoint,
+            messages,
+            params,
+            item.model,
+            item.device,
+            item.sensitivity,
+            _dumps(list(item.reasons)),
+            item.local_answer,
+            item.confidence,
+            sealed,
+            "queued",
+            0,
+            next_attempt,
+            size,
+        )
+
+    # -- reads -------------------------------------------------------------------------
+
+    def get(self, id: str) -> OutboxItem | None:
+        row = self._conn().execute(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ?", (id,))
+        found = row.fetchone()
+        return None if found is None else _item(found)
+
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[OutboxItem]:
+        """Items, newest first; only those in `state` when given."""
+        if state is None:
+            rows = self._conn().execute(
+                f"SELECT {_ITEM_COLUMNS} FROM outbox ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (limit,),
+            )
+        else:
+            _check_states((state,))
+            rows = self._conn().execute(
+                f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE state = ? "
+                "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (state, limit),
+            )
+        return [_item(r) for r in rows.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        """Items per state, every state present (zeros included)."""
+        counts = dict.fromkeys(STATES, 0)
+        for state, n in (
+            self._conn().execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+        ):
+            counts[state] = n
+        return counts
+
+    def usage(self) -> tuple[int, int]:
+        """(items, bytes) counted against the cap: those queued or being sent."""
+        items, used = (
+            self._conn().execute("SELECT items, bytes FROM outbox_usage WHERE id = 1").fetchone()
+        )
+        return int(items), int(used)
+
+    def oldest_queued_at(self) -> datetime | None:
+        row = (
+            self._conn()
+            .execute("SELECT MIN(created_at) FROM outbox WHERE state = 'queued'")
+            .fetchone()
+        )
+        return None if row[0] is None else parse_time(row[0])
+
+    def mapping(self, id: str) -> dict[str, str]:
+        """The decrypted placeholder map of `id`. It holds PII: never log or export it."""
+        row = self._conn().execute("SELECT mapping_sealed FROM outbox WHERE id = ?", (id,))
+        found = row.fetchone()
+        if found is None:
+            raise OutboxError(f"no outbox item {id}")
+        return self._cipher.open(id, bytes(found[0]))
+
+    def result(self, id: str) -> OutboxResult | None:
+        row = (
+            self._conn()
+            .execute(f"SELECT {_RESULT_COLUMNS} FROM outbox_results WHERE id = ?", (id,))
+            .fetchone()
+        )
+        return None if row is None else OutboxResult(*row)
+
+    def spent_since(self, since: datetime) -> float:
+        """USD of every upstream answer received at or after `since`."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT COALESCE(SUM(cost_usd), 0) FROM outbox_results WHERE received_at >= ?",
+                (fmt_time(since),),
+            )
+            .fetchone()
+        )
+        return float(row[0])
+
+    def golden(self) -> Iterator[tuple[OutboxItem, OutboxResult]]:
+        """Done items with their upstream answers, oldest first (distillation material).
+
+        Read a page at a time, so a slow consumer never holds a read transaction open (which
+        would stop WAL checkpoints and let the -wal file grow).
+        """
+        item_columns = ", ".join(f"o.{c.strip()}" for c in _ITEM_COLUMNS.split(","))
+        result_columns = ", ".join(f"r.{c.strip()}" for c in _RESULT_COLUMNS.split(","))
+        after: tuple[str, int] = ("", -1)
+        while True:
+            rows = (
+                self._conn()
+                .execute(
+                    f"SELECT o.rowid, {item_columns}, {result_columns} FROM outbox o "
+                    "JOIN outbox_results r ON r.id = o.id WHERE o.state = 'done' "
+                    "AND (o.created_at, o.rowid) > (?, ?) "
+                    "ORDER BY o.created_at, o.rowid LIMIT ?",
+                    (*after, _GOLDEN_PAGE),
+                )
+                .fetchall()
+            )
+            for row in rows:
+                yield _item(row[1:22]), OutboxResult(*row[22:])
+            if len(rows) < _GOLDEN_PAGE:
+                return
+            after = (rows[-1][2], rows[-1][0])
+
+    # -- senders -----------------------------------------------------------------------
+
+    def claim(
+        self, owner: str, limit: int, upstreams: Collection[str] | None = None
+    ) -> builtins.list[OutboxItem]:
+        """Lease up to `limit` items to `owner` for ``lease_s`` seconds; returns them updated.
+
+        Takes queued items whose next attempt is due, and ``sending`` items whose lease ran
+        out (their sender died), none past expiry; only for `upstreams` when given; highest
+        priority first, then oldest. One ``BEGIN IMMEDIATE`` transaction: no item is handed
+        to two claimers.
+        """
+        if limit <= 0 or (upstreams is not None and not upstreams):
+            return []
+        now = self._now()
+        stamp = fmt_time(now)
+        lease_until = fmt_time(now + timedelta(seconds=self.settings.lease_s))
+        where_upstream, args = "", []
+        if upstreams is not None:
+            names = sorted(set(upstreams))
+            where_upstream = f"AND upstream IN ({', '.join('?' for _ in names)}) "
+            args = names
+        with write_transaction(self._db()) as conn:
+            # Two index walks (queued by priority, stale leases by priority), merged here.
+            found: list[tuple[Any, ...]] = []
+            for condition in (
+                "state = 'queued' AND next_attempt_at <= ?",
+                "state = 'sending' AND lease_until <= ?",
+            ):
+                found += conn.execute(
+                    f"SELECT rowid, {_ITEM_COLUMNS} FROM outbox WHERE {condition} "
+                    f"AND expires_at > ? {where_upstream}"
+                    "ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ?",
+                    (stamp, stamp, *args, limit),
+                ).fetchall()
+            found.sort(key=lambda r: (-r[3], r[2], r[0]))
+            taken = [_item(r[1:]) for r in found[:limit]]
+            conn.executemany(
+                "UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, "
+                "attempts = attempts + 1 WHERE id = ?",
+                [(owner, lease_until, item.id) for item in taken],
+            )
+        return [
+            replace(
+                item,
+                state="sending",
+                lease_owner=owner,
+                lease_until=lease_until,
+                attempts=item.attempts + 1,
+            )
+            for item in taken
+        ]
+
+    def complete(self, id: str, owner: str, answer: UpstreamAnswer, cost_usd: float) -> bool:
+        """Record the upstream's answer and mark the item done, in one transaction.
+
+        Accepted from ``sending`` whoever holds the lease (a slow sender's answer is still the
+        answer), from ``queued`` (answered directly, before any lease), and from ``failed`` or
+        ``expired`` (a late answer was still paid for: spent_since must count it). If the item
+        is already done the first result is kept and False is returned.
+        """
+        stamp = fmt_time(self._now())
+        with write_transaction(self._db()) as conn:
+            row = conn.execute("SELECT state FROM outbox WHERE id = ?", (id,)).fetchone()
+            if row is None:
+                raise OutboxError(f"no outbox item {id}")
+            if row[0] == "done":
+                return False
+            conn.execute(
+                "UPDATE outbox SET state = 'done', lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ?",
+                (id,),
+            )
+            conn.execute(
+                f"INSERT INTO outbox_results ({_RESULT_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (
+                    id,
+                    answer.upstream,
+                    answer.model,
+                    answer.text,
+                    answer.prompt_tokens,
+                    answer.completion_tokens,
+                    float(cost_usd),
+                    answer.finish_reason,
+                    stamp,
+                ),
+            )
+        return True
+
+    def release(self, id: str, owner: str, error: str, next_attempt_at: datetime) -> None:
+        """Give a leased item back to the queue after a failed attempt (``sending -> queued``).
+
+        `error` is kept as last_error. A sender whose lease was taken over (or whose item was
+        meanwhile completed) changes nothing.
+        """
+        with write_transaction(self._db()) as conn:
+            updated = conn.execute(
+                "UPDATE outbox SET state = 'queued', next_attempt_at = ?, last_error = ?, "
+                "lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+                (fmt_time(next_attempt_at), error, id, owner),
+            )
+            if updated.rowcount == 0:
+                _require(conn, id)
+
+    def fail(self, id: str, owner: str, error: str) -> None:
+        """Give up on an item for good (the upstream refused it); `error` says why.
+
+        From ``sending`` held by `owner`, or from ``queued``; otherwise nothing changes.
+        """
+        with write_transaction(self._db()) as conn:
+            updated = conn.execute(
+                "UPDATE outbox SET state = 'failed', last_error = ?, lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ? "
+                "AND (state = 'queued' OR (state = 'sending' AND lease_owner = ?))",
+                (error, id, owner),
+            )
+            if updated.rowcount == 0:
+                _require(conn, id)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def expire(self) -> int:
+        """Mark items past expires_at (queued, or sending with a dead lease) expired."""
+        stamp = fmt_time(self._now())
+        with write_transaction(self._db()) as conn:
+            updated = conn.execute(
+                "UPDATE outbox SET state = 'expired', lease_owner = NULL, lease_until = NULL "
+                "WHERE expires_at <= ? "
+                "AND (state = 'queued' OR (state = 'sending' AND lease_until <= ?))",
+                (stamp, stamp),
+            )
+            return int(updated.rowcount)
+
+    def retry(self, id: str) -> OutboxItem:
+        """Queue a failed or expired item again, now, with a fresh TTL; attempts are kept.
+
+        It counts against the cap again, so a full outbox applies ``when_full`` to it.
+        """
+        now = self._now()
+        with write_transaction(self._db()) as conn:
+            row = conn.execute(
+                "SELECT state, size_bytes, priority FROM outbox WHERE id = ?", (id,)
+            ).fetchone()
+            if row is None:
+                raise OutboxError(f"no outbox item {id}")
+            if row[0] not in ("failed", "expired"):
+                raise OutboxError(f"outbox item {id} is {row[0]}; only failed or expired retry")
+            room = capacity.Room(conn, self.settings)
+            room.make(size=row[1], priority=row[2])
+            conn.execute(
+                "UPDATE outbox SET state = 'queued', next_attempt_at = ?, expires_at = ?, "
+                "lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                (fmt_time(now), fmt_time(now + timedelta(seconds=self.settings.ttl_s)), id),
+            )
+        capacity.log_dropped(room.dropped)
+        item = self.get(id)
+        if item is None:  # purged between the commit and this read
+            raise OutboxError(f"no outbox item {id}")
+        return item
+
+    def purge(self, states: Collection[str] = FINISHED_STATES) -> int:
+        """Delete finished items (and their results) in `states`; returns how many went.
+
+        Only done, failed and expired can be purged: a queued item is a promise to the device.
+        """
+        wanted = sorted(set(states))
+        _check_states(wanted)
+        live = [s for s in wanted if s not in FINISHED_STATES]
+        if live:
+            raise OutboxError(
+                f"cannot purge {', '.join(live)} items; purge removes only "
+                f"{', '.join(FINISHED_STATES)}"
+            )
+        if not wanted:
+            return 0
+        marks = ", ".join("?" for _ in wanted)
+        with write_transaction(self._db()) as conn:
+            # Results go with their items (ON DELETE CASCADE).
+            deleted = conn.execute(f"DELETE FROM outbox WHERE state IN ({marks})", wanted)
+            return int(deleted.rowcount)
+
+
+def _check_states(states: Collection[str]) -> None:
+    unknown = [s for s in states if s not in STATES]
+    if unknown:
+        raise OutboxError(f"unknown outbox state {unknown[0]!r}; one of: {', '.join(STATES)}")
+
+
+def _require(conn: sqlite3.Connection, id: str) -> None:
+    if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (id,)).fetchone() is None:
+        raise OutboxError(f"no outbox item {id}")
+
+
+def _item(row: Sequence[Any]) -> OutboxItem:
+    return OutboxItem(
+        id=row[0],
+        created_at=row[1],
+        priority=row[2],
+        expires_at=row[3],
+        upstream=row[4],
+        endpoint=row[5],
+        messages=tuple(json.loads(row[6])),
+        params=json.loads(row[7]),
+        model=row[8],
+        device=row[9],
+        sensitivity=row[10],
+        reasons=tuple(json.loads(row[11])),
+        local_answer=row[12],
+        confidence=row[13],
+        state=row[14],
+        attempts=row[15],
+        next_attempt_at=row[16],
+        last_error=row[17],
+        lease_owner=row[18],
+        lease_until=row[19],
+        size_bytes=row[20],
+    )
