@@ -17,11 +17,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
-from appliance.api import openai_routes
+from appliance.api import escalations, openai_routes
 from appliance.api.errors import install_handlers
 from appliance.api.governed import Governor
 from appliance.api.security import GuardMiddleware, is_loopback
 from appliance.errors import ConfigError
+from appliance.forward.wiring import build as build_forwarding
 from appliance.governance.active import ActivePolicy
 from appliance.governance.audit import AuditLog
 from appliance.governance.entities import AnalyzerSlot
@@ -94,6 +95,10 @@ def create_app(
     policy = ActivePolicy(home, settings)
     audit = AuditLog(home)
     analyzers = AnalyzerSlot(home)
+    forwarding = None
+    if escalator is None and settings.upstreams:
+        forwarding = build_forwarding(home, settings, lambda: policy.policy, "daemon")
+        escalator = forwarding.escalator
     governor = Governor(policy, analyzers, escalator or NoEscalator(), audit, settings, models)
 
     @contextlib.asynccontextmanager
@@ -102,12 +107,19 @@ def create_app(
         await asyncio.to_thread(models.refresh)
         await asyncio.to_thread(analyzers.refresh)
         task = asyncio.create_task(_housekeeping(app))
+        stop = asyncio.Event()
+        forward = asyncio.create_task(forwarding.run(stop)) if forwarding else None
         try:
             yield
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if forwarding is not None and forward is not None:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(forward, 10)
+                await forwarding.aclose()
             await asyncio.to_thread(models.close)
             await asyncio.to_thread(audit.close)
 
@@ -118,9 +130,12 @@ def create_app(
     app.state.settings = settings
     app.state.models = models
     app.state.governor = governor
+    app.state.forwarding = forwarding
+    app.state.outbox = forwarding.outbox if forwarding else None
     app.state.tokens = TokenStore(home)
     install_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(escalations.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -172,6 +172,7 @@ def _check(request: Request, needed: str) -> None:
             code="insufficient_scope",
         )
     request.state.device = info.device
+    request.state.scope = info.scope
 
 
 async def require_infer(request: Request) -> None:

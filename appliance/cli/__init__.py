@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from appliance.cli import bundle, daemon, keys, outbox, policy, tokens, trust
+from appliance.cli import bundle, daemon, forward, keys, outbox, policy, tokens, trust
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
 
@@ -15,6 +15,8 @@ app.add_typer(bundle.app, name="bundle")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(policy.app, name="policy")
 app.add_typer(outbox.app, name="outbox")
+app.add_typer(forward.distill_app, name="distill")
+app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)
 

@@ -42,8 +42,12 @@ STATEMENTS: tuple[str, ...] = (
     )""",
     # claim and drop-oldest walk one state by priority, then age (rowid breaks ties in order)
     "CREATE INDEX IF NOT EXISTS outbox_by_priority ON outbox (state, priority DESC, created_at)",
-    # counts, list --state, oldest_queued_at, purge
+    # counts, list --state, oldest_queued_at, golden, purge
     "CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, created_at)",
+    # expire() seeks the items past their time instead of reading every queued row
+    "CREATE INDEX IF NOT EXISTS outbox_by_expiry ON outbox (state, expires_at)",
+    # list() without a state, newest first, without sorting the whole table
+    "CREATE INDEX IF NOT EXISTS outbox_by_created ON outbox (created_at)",
     """CREATE TABLE IF NOT EXISTS outbox_results (
         id TEXT PRIMARY KEY REFERENCES outbox (id) ON DELETE CASCADE,
         upstream TEXT NOT NULL,
@@ -92,6 +96,8 @@ OBJECTS: tuple[str, ...] = (
     "outbox",
     "outbox_by_priority",
     "outbox_by_state",
+    "outbox_by_expiry",
+    "outbox_by_created",
     "outbox_results",
     "outbox_results_by_time",
     "outbox_usage",

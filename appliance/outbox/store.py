@@ -54,35 +54,12 @@ from appliance.outbox.model import (
 from appliance.settings import OutboxSettings
 from appliance.state import open_state, write_transaction
 
-_ITEM_COLUMNS = (
-    "id, created_at, priority, expires_at, upstream, endpoint, messages, params, model, "
-    "device, sensitivity, reasons, local_answer, confidence, state, attempts, "
-    "next_attempt_at, last_error, lease_owner, lease_until, size_bytes"
-)
-_RESULT_COLUMNS = (
-    "id, upstream, model, text, prompt_tokens, completion_tokens, cost_usd, finish_reason, "
-    "received_at"
-)
-_INSERT_COLUMNS = (
-    "id, created_at, priority, expires_at, upstream, endpoint, messages, params, model, "
-    "device, sensitivity, reasons, local_answer, confidence, mapping_sealed, state, attempts, "
-    "next_attempt_at, size_bytes"
-)
-_INSERT = f"INSERT INTO outbox ({_INSERT_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _IN_CHUNK = 500  # ids per "IN (...)" lookup, well under SQLite's variable limit
 _GOLDEN_PAGE = 256  # rows per read while iterating golden(): no read transaction stays open
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-# One encoder, built once: json.dumps() with options builds a new one on every call.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _dumps(value: Any) -> str:
-    return _ENCODER.encode(value)
 
 
 class Outbox:
@@ -177,71 +154,39 @@ class Outbox:
                     continue  # same id again: the first one stands
                 present.add(row[0])
                 room.make(size=row[-1], priority=row[2])
-                conn.execute(_INSERT, row)
+                conn.execute(rows.INSERT_ITEM, row)
         capacity.log_dropped(room.dropped)
 
     def _row(self, item: Escalation, now: datetime, next_attempt: str) -> tuple[Any, ...]:
-        """The INSERT values of `item` (in ``_INSERT_COLUMNS`` order, size_bytes last)."""
-        try:
-            uuid.UUID(item.id)
-        except (TypeError, ValueError, AttributeError):
-            raise OutboxError(f"escalation id {item.id!r} is not a UUID") from None
+        """The INSERT values of `item`; its map is sealed here, before any lock is taken."""
+        rows.check_id(item.id)
         created = parse_time(item.created_at) if item.created_at else now
-        messages = _dumps([dict(m) for m in item.messages])
-        params = _dumps(
-            {
-                "max_tokens": item.max_tokens,
-                "temperature": item.temperature,
-                "top_p": item.top_p,
-                "stop": list(item.stop),
-            }
-        )
+        expires = created + timedelta(seconds=self.settings.ttl_s)
         sealed = self._cipher.seal(item.id, item.mapping)
-        size = len(messages.encode()) + len(params.encode()) + len(sealed)
-        return (
-            item.id,
-            fmt_time(created),
-            int(item.priority),
-            fmt_time(created + timedelta(seconds=self.settings.ttl_s)),
-            item.upstream,
-            item.endpoint,
-            messages,
-            params,
-            item.model,
-            item.device,
-            item.sensitivity,
-            _dumps(list(item.reasons)),
-            item.local_answer,
-            item.confidence,
-            sealed,
-            "queued",
-            0,
-            next_attempt,
-            size,
-        )
+        return rows.insert_values(item, sealed, created, expires, next_attempt)
 
     # -- reads -------------------------------------------------------------------------
 
     def get(self, id: str) -> OutboxItem | None:
-        row = self._conn().execute(f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE id = ?", (id,))
+        row = self._conn().execute(f"SELECT {rows.ITEMS} FROM outbox WHERE id = ?", (id,))
         found = row.fetchone()
-        return None if found is None else _item(found)
+        return None if found is None else rows.item_from_row(found)
 
     def list(self, state: str | None = None, limit: int = 100) -> builtins.list[OutboxItem]:
         """Items, newest first; only those in `state` when given."""
         if state is None:
             rows = self._conn().execute(
-                f"SELECT {_ITEM_COLUMNS} FROM outbox ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                f"SELECT {rows.ITEMS} FROM outbox ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (limit,),
             )
         else:
             _check_states((state,))
             rows = self._conn().execute(
-                f"SELECT {_ITEM_COLUMNS} FROM outbox WHERE state = ? "
+                f"SELECT {rows.ITEMS} FROM outbox WHERE state = ? "
                 "ORDER BY created_at DESC, rowid DESC LIMIT ?",
                 (state, limit),
             )
-        return [_item(r) for r in rows.fetchall()]
+        return [rows.item_from_row(r) for r in rows.fetchall()]
 
     def counts(self) -> dict[str, int]:
         """Items per state, every state present (zeros included)."""
@@ -278,10 +223,10 @@ class Outbox:
     def result(self, id: str) -> OutboxResult | None:
         row = (
             self._conn()
-            .execute(f"SELECT {_RESULT_COLUMNS} FROM outbox_results WHERE id = ?", (id,))
+            .execute(f"SELECT {rows.RESULTS} FROM outbox_results WHERE id = ?", (id,))
             .fetchone()
         )
-        return None if row is None else OutboxResult(*row)
+        return None if row is None else rows.result_from_row(row)
 
     def spent_since(self, since: datetime) -> float:
         """USD of every upstream answer received at or after `since`."""
@@ -317,7 +262,7 @@ class Outbox:
                 .fetchall()
             )
             for row in rows:
-                yield _item(row[1:22]), OutboxResult(*row[22:])
+                yield rows.item_from_row(row[1:22]), rows.result_from_row(row[22:])
             if len(rows) < _GOLDEN_PAGE:
                 return
             after = (rows[-1][2], rows[-1][0])
@@ -352,13 +297,13 @@ class Outbox:
                 "state = 'sending' AND lease_until <= ?",
             ):
                 found += conn.execute(
-                    f"SELECT rowid, {_ITEM_COLUMNS} FROM outbox WHERE {condition} "
+                    f"SELECT rowid, {rows.ITEMS} FROM outbox WHERE {condition} "
                     f"AND expires_at > ? {where_upstream}"
                     "ORDER BY priority DESC, created_at ASC, rowid ASC LIMIT ?",
                     (stamp, stamp, *args, limit),
                 ).fetchall()
             found.sort(key=lambda r: (-r[3], r[2], r[0]))
-            taken = [_item(r[1:]) for r in found[:limit]]
+            taken = [rows.item_from_row(r[1:]) for r in found[:limit]]
             conn.executemany(
                 "UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, "
                 "attempts = attempts + 1 WHERE id = ?",
@@ -396,7 +341,7 @@ class Outbox:
                 (id,),
             )
             conn.execute(
-                f"INSERT INTO outbox_results ({_RESULT_COLUMNS}) "
+                f"INSERT INTO outbox_results ({rows.RESULTS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                 (
                     id,
@@ -516,28 +461,3 @@ def _require(conn: sqlite3.Connection, id: str) -> None:
     if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (id,)).fetchone() is None:
         raise OutboxError(f"no outbox item {id}")
 
-
-def _item(row: Sequence[Any]) -> OutboxItem:
-    return OutboxItem(
-        id=row[0],
-        created_at=row[1],
-        priority=row[2],
-        expires_at=row[3],
-        upstream=row[4],
-        endpoint=row[5],
-        messages=tuple(json.loads(row[6])),
-        params=json.loads(row[7]),
-        model=row[8],
-        device=row[9],
-        sensitivity=row[10],
-        reasons=tuple(json.loads(row[11])),
-        local_answer=row[12],
-        confidence=row[13],
-        state=row[14],
-        attempts=row[15],
-        next_attempt_at=row[16],
-        last_error=row[17],
-        lease_owner=row[18],
-        lease_until=row[19],
-        size_bytes=row[20],
-    )

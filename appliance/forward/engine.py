@@ -1,0 +1,205 @@
+"""Draining the outbox: send what is due to upstreams that are up, record what comes back.
+
+Delivery is at least once: an item is leased (``Outbox.claim``) before it is sent, and a
+sender that dies leaves a lease that expires, so another sender takes the item again. The
+upstream sees the item id as ``Idempotency-Key`` every time, so a repeat is answered, not
+charged twice. A retryable failure (down, timeout, 429, 5xx) puts the item back with an
+exponential backoff plus jitter, never sooner than the upstream's ``Retry-After``; a
+permanent one (400, 401, 403, 404, 413, 422) marks it failed with the reason, since sending
+it again would fail again. When the policy's daily budget is spent, nothing is taken until
+the next UTC day, and ``status`` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from appliance.governance.escalation import Escalation, UpstreamAnswer
+from appliance.outbox import Outbox, OutboxItem
+from appliance.policy.schema import Policy
+from appliance.settings import Settings, UpstreamSettings
+from appliance.upstream import UplinkMonitor, UpstreamClient, UpstreamError
+
+log = logging.getLogger("appliance.sync")
+
+
+@dataclass
+class DrainReport:
+    """What one drain round did."""
+
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    expired: int = 0
+    waiting: str | None = None  # why nothing was taken (budget, no uplink)
+    errors: list[str] = field(default_factory=list)  # one line per failure, no payloads
+
+
+def cost_usd(
+    policy: Policy, upstream: UpstreamSettings, prompt_tokens: int, completion_tokens: int
+) -> float:
+    """What the upstream charges for these tokens: the policy's price, else config.toml's."""
+    price_in, price_out = policy.price_for(
+        upstream.name, upstream.price_input_per_mtok, upstream.price_output_per_mtok
+    )
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1_000_000
+
+
+def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter over its upper half: base * 2^(attempts-1)."""
+    ceiling = min(max_s, base_s * 2 ** max(attempts - 1, 0))
+    return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def today_start(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def escalation_of(item: OutboxItem) -> Escalation:
+    """The stored item as the upstream client sends it (the map stays in the outbox)."""
+    params = item.params
+    return Escalation(
+        id=item.id,
+        created_at=item.created_at,
+        upstream=item.upstream,
+        endpoint=item.endpoint,  # type: ignore[arg-type]
+        messages=tuple(item.messages),
+        mapping={},
+        max_tokens=int(params.get("max_tokens", 256)),
+        temperature=float(params.get("temperature", 1.0)),
+        top_p=float(params.get("top_p", 1.0)),
+        stop=tuple(params.get("stop", ())),
+        model=item.model,
+        device=item.device,
+        sensitivity=item.sensitivity,
+        priority=item.priority,
+    )
+
+
+class SyncEngine:
+    """Sends outbox items to their upstreams; one per daemon, one per `appliance sync`."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        clients: Mapping[str, UpstreamClient],
+        monitor: UplinkMonitor,
+        settings: Settings,
+        policy: Callable[[], Policy],
+        owner: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.outbox, self.clients, self.monitor = outbox, clients, monitor
+        self.settings, self.policy, self.owner = settings, policy, owner
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.upstreams = {u.name: u for u in settings.upstreams}
+        self.waiting: str | None = None  # the last reason nothing was sent
+        self.last_sync_at: datetime | None = None  # the last answer received
+
+    # -- budget ------------------------------------------------------------------------
+
+    def budget_left(self) -> float | None:
+        """USD left today under the policy's daily budget; None when there is no budget."""
+        daily = self.policy().budgets.daily_usd
+        if daily is None:
+            return None
+        spent = self.outbox.spent_since(today_start(self.clock()))
+        return daily - spent
+
+    def budget_reason(self) -> str | None:
+        left = self.budget_left()
+        if left is None or left > 0:
+            return None
+        daily = self.policy().budgets.daily_usd
+        return f"the daily budget of ${daily:.2f} is spent; escalations wait for the next UTC day"
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def send(self, item: Escalation) -> UpstreamAnswer:
+        """Send one item now and record the answer (raises UpstreamError)."""
+        client = self.clients.get(item.upstream)
+        if client is None:
+            raise UpstreamError(f"upstream {item.upstream!r} is not configured", retryable=False)
+        try:
+            answer = await client.complete(item)
+        except UpstreamError as e:
+            if e.retryable:
+                self.monitor.mark_down(item.upstream, str(e))
+            raise
+        self.monitor.mark_up(item.upstream)
+        upstream = self.upstreams[item.upstream]
+        cost = cost_usd(self.policy(), upstream, answer.prompt_tokens, answer.completion_tokens)
+        await asyncio.to_thread(self.outbox.complete, item.id, self.owner, answer, cost)
+        self.last_sync_at = self.clock()
+        return answer
+
+    async def drain_once(self) -> DrainReport:
+        """One round: expire, check the budget, take what is due for live uplinks, send it."""
+        report = DrainReport()
+        report.expired = await asyncio.to_thread(self.outbox.expire)
+        reason = await asyncio.to_thread(self.budget_reason)
+        live = [name for name in self.clients if self.monitor.is_up(name)]
+        if reason is None and not live:
+            reason = "no uplink is up"
+        if reason is not None:
+            self.waiting = report.waiting = reason
+            return report
+        self.waiting = None
+        items = await asyncio.to_thread(
+            self.outbox.claim, self.owner, self.settings.sync.batch, live
+        )
+        for index, item in enumerate(items):
+            reason = await asyncio.to_thread(self.budget_reason) if index else None
+            if reason is not None:  # the budget ran out during this round: give the rest back
+                for rest in items[index:]:
+                    await asyncio.to_thread(
+                        self.outbox.release, rest.id, self.owner, reason, self.clock()
+                    )
+                self.waiting = report.waiting = reason
+                break
+            await self._deliver(item, report)
+        return report
+
+    async def _deliver(self, item: OutboxItem, report: DrainReport) -> None:
+        try:
+            await self.send(escalation_of(item))
+        except UpstreamError as e:
+            report.errors.append(f"{item.id}: {e}")
+            if not e.retryable:
+                await asyncio.to_thread(self.outbox.fail, item.id, self.owner, str(e))
+                report.failed += 1
+                log.warning("escalation %s failed for good: %s", item.id, e)
+                return
+            sync = self.settings.sync
+            wait = backoff_s(item.attempts, sync.backoff_base_s, sync.backoff_max_s, self.rng)
+            if e.retry_after_s is not None:
+                wait = max(wait, e.retry_after_s)
+            when = self.clock() + timedelta(seconds=wait)
+            await asyncio.to_thread(self.outbox.release, item.id, self.owner, str(e), when)
+            report.retried += 1
+            log.info("escalation %s retries in %.0f s: %s", item.id, wait, e)
+        else:
+            report.sent += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drain whenever an uplink is up, every `sync.interval_s`, until `stop` is set."""
+        interval = self.settings.sync.interval_s
+        while not stop.is_set():
+            try:
+                report = await self.drain_once()
+                busy = report.sent + report.retried + report.failed > 0
+            except Exception:
+                log.exception("outbox drain failed; will retry")
+                busy = False
+            if busy:
+                continue  # more may be due: go again at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)

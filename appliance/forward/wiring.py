@@ -1,0 +1,53 @@
+"""The store-and-forward parts, built once from settings: for the daemon and `appliance sync`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.forward.engine import SyncEngine
+from appliance.forward.escalator import OutboxEscalator
+from appliance.home import Home
+from appliance.outbox import Outbox
+from appliance.policy.schema import Policy
+from appliance.settings import Settings
+from appliance.upstream import UplinkMonitor, UpstreamClient
+
+
+@dataclass
+class Forwarding:
+    outbox: Outbox
+    clients: dict[str, UpstreamClient]
+    monitor: UplinkMonitor
+    engine: SyncEngine
+    escalator: OutboxEscalator
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Probe the uplinks and drain the outbox until `stop` is set."""
+        await asyncio.gather(self.monitor.run(stop), self.engine.run(stop))
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+def build(home: Home, settings: Settings, policy: Callable[[], Policy], role: str) -> Forwarding:
+    """Everything store-and-forward needs; `role` names the lease owner ("daemon", "cli")."""
+    outbox = Outbox(home, settings.outbox)
+    clients = {
+        u.name: UpstreamClient(
+            u,
+            timeout_s=settings.sync.request_timeout_s,
+            probe_timeout_s=settings.sync.probe_timeout_s,
+        )
+        for u in settings.upstreams
+    }
+    monitor = UplinkMonitor(clients, settings.sync)
+    owner = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    engine = SyncEngine(outbox, clients, monitor, settings, policy, owner)
+    return Forwarding(outbox, clients, monitor, engine, OutboxEscalator(engine))
