@@ -61,8 +61,8 @@ class UpstreamSettings(_Strict):
 class OutboxSettings(_Strict):
     """The store-and-forward queue of escalations in state.db."""
 
-    max_items: int = Field(default=100_000, ge=1)  # items kept (every state but done)
-    max_bytes: int = Field(default=256 * MiB, ge=1 * MiB)  # bytes of stored requests
+    max_items: int = Field(default=100_000, ge=1)  # items waiting or being sent
+    max_bytes: int = Field(default=256 * MiB, ge=1 * MiB)  # bytes of waiting or sending items
     when_full: Literal["reject", "drop-oldest"] = "reject"  # drop-oldest: of the lowest priority
     ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)  # seconds an item may wait to be sent
     lease_s: float = Field(default=120.0, gt=0)  # seconds a sender holds an item it took

@@ -8,12 +8,14 @@ amortizes it. To show what the outbox itself costs on top of that, the same run 
 similar rows (same columns, same sizes, a random blob of the sealed map's size) with the
 plain ``sqlite3`` module into a table with only a primary key, under the same pragmas, one
 row per commit and 100 per commit. The outbox additionally checks the id (idempotency) and
-the cap, seals the placeholder map with AES-GCM, and maintains two indexes and the usage
+the cap, seals the placeholder map with AES-GCM, and maintains three indexes and the usage
 tally trigger.
 
 Files live in a scratch APPLIANCE_HOME under /var/tmp (on disk, not tmpfs), removed after.
-Drain throughput (claim -> fake upstream -> complete) is added by the lead with the sync
-loop.
+
+TODO(lead) -- DRAIN THROUGHPUT GOES HERE: items/s through claim -> fake upstream (see
+tests/fake_upstream.py) -> complete, added with the sync loop as one more row group of the
+table printed by bench(), in the same run and the same scratch home.
 
     .venv/bin/python scripts/bench_outbox.py [--single 300] [--batched 3000] [--workdir DIR]
 """

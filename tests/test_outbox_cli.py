@@ -78,6 +78,10 @@ def test_retry_and_purge(filled, capsys: pytest.CaptureFixture[str]):
     assert main(["outbox", "retry", items[1].id]) == 0
     assert "queued" in capsys.readouterr().out
     assert outbox.get(items[1].id).state == "queued"  # type: ignore[union-attr]
+    outbox.fail(items[1].id, "s", "HTTP 400 again")
+    assert main(["outbox", "retry", items[1].id, "--json"]) == 0
+    retried = json.loads(capsys.readouterr().out)
+    assert (retried["id"], retried["state"]) == (items[1].id, "queued")
     assert main(["outbox", "purge", "--state", "done", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"purged": 1, "states": ["done"]}
     assert main(["outbox", "purge"]) == 0

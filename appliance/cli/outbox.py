@@ -121,10 +121,16 @@ def show(
 
 
 @app.command("retry")
-def retry(item_id: str = typer.Argument(..., metavar="ID", help="The escalation id.")) -> None:
+def retry(
+    item_id: str = typer.Argument(..., metavar="ID", help="The escalation id."),
+    as_json: bool = JSON_OPTION,
+) -> None:
     """Queue a failed or expired item again, now, with a fresh TTL."""
     with _open() as outbox:
         item = outbox.retry(item_id)
+    if as_json:
+        print_json(item.to_json())
+        return
     console.print(f"queued {item.id} again (attempts so far: {item.attempts})", markup=False)
 
 

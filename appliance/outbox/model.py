@@ -24,6 +24,11 @@ LIVE_STATES: tuple[str, ...] = ("queued", "sending")  # those that count against
 FINISHED_STATES: tuple[str, ...] = ("done", "failed", "expired")
 
 
+def utc_now_dt() -> datetime:
+    """Now, aware, in UTC: the outbox's default clock (tests inject their own)."""
+    return datetime.now(UTC)
+
+
 def fmt_time(moment: datetime) -> str:
     """`moment` as stored text; a naive datetime is refused (no guessing the zone)."""
     if moment.tzinfo is None:
@@ -59,7 +64,7 @@ class OutboxItem:
     device: str | None
     sensitivity: str
     reasons: tuple[str, ...]
-    local_answer: str | None
+    local_answer: str | None  # in egress terms: placeholders where it quoted mapped PII
     confidence: float | None
     state: str
     attempts: int

@@ -3,14 +3,16 @@
 Kept apart from the store so the store reads as the queue's state machine (who may move an
 item where, in which transaction) and this file as the one place that knows column order.
 The sealed placeholder map goes in here as opaque bytes and never comes out: no decoded row
-carries it.
+carries it. Every text column holds egress terms (placeholders, not PII): the messages and
+the upstream's answer arrive that way, and the local answer is put in those terms here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -89,6 +91,24 @@ def check_id(item_id: str) -> None:
         raise OutboxError(f"escalation id {item_id!r} is not a UUID") from None
 
 
+def in_egress_terms(text: str | None, mapping: Mapping[str, str]) -> str | None:
+    """`text` with each original value of `mapping` replaced by its placeholder.
+
+    The local model answered the device's own prompt, so its answer may quote the very PII
+    that redaction kept from leaving ("Dear Jordan Blake, …"); stored as is it would sit in
+    clear in state.db beside the sealed map. ``pii.rehydrate(text, mapping)`` restores it.
+    PII the model derived rather than quoted (a first name alone) is not caught here.
+    """
+    if not text or not mapping:
+        return text
+    by_value = {value: token for token, value in mapping.items() if value}
+    if not by_value:
+        return text
+    # Longest first, so a value that contains another is replaced whole.
+    pattern = re.compile("|".join(re.escape(v) for v in sorted(by_value, key=len, reverse=True)))
+    return pattern.sub(lambda m: by_value[m.group()], text)
+
+
 def insert_values(
     item: Escalation,
     sealed: bytes,
@@ -120,7 +140,7 @@ def insert_values(
         item.device,
         item.sensitivity,
         _ENCODER.encode(list(item.reasons)),
-        item.local_answer,
+        in_egress_terms(item.local_answer, item.mapping),
         item.confidence,
         sealed,
         "queued",

@@ -1,5 +1,7 @@
 """The outbox tables in state.db, created ``IF NOT EXISTS`` by the first store that opens it.
 
+``outbox_spend`` remembers what each upstream answer cost after ``purge`` deleted the answer.
+
 ``outbox_usage`` is a one-row tally of what counts against the cap (items in ``queued`` or
 ``sending`` and their bytes), kept exact by triggers in the same transaction as every
 change. Enqueue then checks the cap with one primary-key read instead of summing the table,
@@ -46,8 +48,8 @@ STATEMENTS: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS outbox_by_state ON outbox (state, created_at)",
     # expire() seeks the items past their time instead of reading every queued row
     "CREATE INDEX IF NOT EXISTS outbox_by_expiry ON outbox (state, expires_at)",
-    # list() without a state, newest first, without sorting the whole table
-    "CREATE INDEX IF NOT EXISTS outbox_by_created ON outbox (created_at)",
+    # briefly created by one build; list() merges walks of outbox_by_state instead
+    "DROP INDEX IF EXISTS outbox_by_created",
     """CREATE TABLE IF NOT EXISTS outbox_results (
         id TEXT PRIMARY KEY REFERENCES outbox (id) ON DELETE CASCADE,
         upstream TEXT NOT NULL,
@@ -59,7 +61,24 @@ STATEMENTS: tuple[str, ...] = (
         finish_reason TEXT NOT NULL,
         received_at TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS outbox_results_by_time ON outbox_results (received_at)",
+    # What each answer cost, kept when `purge` deletes the item and its result: the daily
+    # budget (spent_since) must not reset because an operator reclaimed disk. About 60 bytes
+    # an answer; filled by a trigger so no path that records a result can skip it.
+    """CREATE TABLE IF NOT EXISTS outbox_spend (
+        id TEXT PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        cost_usd REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS outbox_spend_by_time ON outbox_spend (received_at)",
+    """CREATE TRIGGER IF NOT EXISTS outbox_spend_insert AFTER INSERT ON outbox_results
+        BEGIN
+            INSERT OR IGNORE INTO outbox_spend (id, received_at, cost_usd)
+            VALUES (NEW.id, NEW.received_at, NEW.cost_usd);
+        END""",
+    # A state.db from before outbox_spend: its answers so far are spend too.
+    "INSERT OR IGNORE INTO outbox_spend (id, received_at, cost_usd) "
+    "SELECT id, received_at, cost_usd FROM outbox_results",
+    "DROP INDEX IF EXISTS outbox_results_by_time",  # spent_since reads outbox_spend now
     """CREATE TABLE IF NOT EXISTS outbox_usage (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         items INTEGER NOT NULL,
@@ -97,9 +116,10 @@ OBJECTS: tuple[str, ...] = (
     "outbox_by_priority",
     "outbox_by_state",
     "outbox_by_expiry",
-    "outbox_by_created",
     "outbox_results",
-    "outbox_results_by_time",
+    "outbox_spend",
+    "outbox_spend_by_time",
+    "outbox_spend_insert",
     "outbox_usage",
     "outbox_usage_insert",
     "outbox_usage_delete",
