@@ -299,24 +299,8 @@ async def _respond(
             return _upstream_answer(decided, worker, label, fmt, stream, include_usage)
         usage = _usage(result.prompt_tokens, result.completion_tokens)
         finish = _finish(result.finish_reason)
-        if not stream:
-            document = {**fmt.document(result.text, finish, usage, content), "appliance": envelope}
-            return JSONResponse(document, headers=decided.headers())
-
-        async def replay() -> AsyncIterator[str]:
-            for chunk in fmt.opening():
-                yield _sse(chunk)
-            for event in content:
-                piece = fmt.piece(event.text, event)
-                if piece is not None:
-                    yield _sse(piece)
-            yield _sse(fmt.closing(finish, envelope))
-            if include_usage:
-                yield _sse(fmt.usage(usage))
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(
-            replay(), media_type="text/event-stream", headers=decided.headers()
+        return _finished(
+            fmt, decided, envelope, result.text, content, finish, usage, stream, include_usage
         )
 
     first = await anext(events)  # errors before the first token still get a JSON error
@@ -366,16 +350,36 @@ def _upstream_answer(
     envelope = decided.envelope(worker, label)
     usage = _usage(answer.prompt_tokens, answer.completion_tokens)
     finish = _finish(answer.finish_reason)
+    return _finished(
+        fmt, decided, envelope, decided.text, None, finish, usage, stream, include_usage
+    )
+
+
+def _finished(
+    fmt: _Format,
+    decided: governed.Decided,
+    envelope: dict[str, Any],
+    text: str,
+    events: list[TokenEvent] | None,
+    finish: str,
+    usage: dict[str, int],
+    stream: bool,
+    include_usage: bool,
+) -> Any:
+    """A complete answer as one document, or replayed as a stream (`events` None: one piece)."""
     if not stream:
-        document = {**fmt.document(decided.text, finish, usage, None), "appliance": envelope}
+        document = {**fmt.document(text, finish, usage, events), "appliance": envelope}
         return JSONResponse(document, headers=decided.headers())
 
     async def chunks() -> AsyncIterator[str]:
         for chunk in fmt.opening():
             yield _sse(chunk)
-        piece = fmt.piece(decided.text, None)
-        if piece is not None:
-            yield _sse(piece)
+        pieces = (
+            [fmt.piece(text, None)] if events is None else [fmt.piece(e.text, e) for e in events]
+        )
+        for piece in pieces:
+            if piece is not None:
+                yield _sse(piece)
         yield _sse(fmt.closing(finish, envelope))
         if include_usage:
             yield _sse(fmt.usage(usage))
