@@ -80,6 +80,16 @@ class SyncSettings(_Strict):
     batch: int = Field(default=8, ge=1)  # items taken per drain round
 
 
+class OfflineSettings(_Strict):
+    """Sealed batches carried by USB, for sites with no uplink at all (``outbox export``)."""
+
+    name: str = Field(default="", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,63})?$")  # card name
+    relay_card: str = ""  # on a box: the card file of the relay that sends its batches
+    appliance_cards: list[str] = Field(default_factory=list)  # on a relay: the boxes it serves
+    batch_items: int = Field(default=500, ge=1)  # items per batch file
+    max_batch_bytes: int = Field(default=64 * MiB, ge=64 * KiB)  # bytes per batch file
+
+
 class BundleLimits(_Strict):
     """Hard limits applied to every bundle before any byte is trusted."""
 
@@ -105,6 +115,7 @@ class Settings(_Strict):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    offline: OfflineSettings = Field(default_factory=OfflineSettings)
     # the policy file when no policy bundle is active; "" = the packaged policies/default.toml
     policy_file: str = ""
 

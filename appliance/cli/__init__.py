@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 import traceback
 
-from appliance.cli import bundle, daemon, forward, keys, outbox, policy, tokens, trust
+from appliance.cli import (
+    bundle,
+    daemon,
+    forward,
+    keys,
+    offline,
+    outbox,
+    policy,
+    tokens,
+    trust,
+)
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
 
@@ -16,6 +26,11 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(policy.app, name="policy")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(forward.distill_app, name="distill")
+app.add_typer(offline.relay_app, name="relay")
+outbox.app.command("export")(offline.export)
+outbox.app.command("import")(offline.import_)
+offline.relay_app.command("process")(offline.relay_process)
+app.command("identity")(offline.identity)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)

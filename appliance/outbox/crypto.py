@@ -14,11 +14,8 @@ not open: a map can only ever restore the answer of the request it was made for.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import secrets
-import stat
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +23,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from appliance.fsutil import fsync_dir
 from appliance.home import Home
+from appliance.keyfile import load_or_create
 from appliance.outbox.errors import OutboxError
 
 KEY_FILE = "outbox.key"
@@ -74,73 +71,4 @@ class MapCipher:
             return self._aead
 
     def _load_or_create(self) -> bytes:
-        try:
-            return _read_key(self.key_path)
-        except FileNotFoundError:
-            pass
-        _create_key(self.key_path)
-        return _read_key(self.key_path)
-
-
-def _read_key(path: Path) -> bytes:
-    """The key bytes; refuse a link, a key others can read, or one of the wrong size."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise OutboxError(f"cannot read {path}: {e.strerror}") from e
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OutboxError(f"{path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise OutboxError(
-                f"{path} is accessible to group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
-            )
-        if info.st_size != KEY_BYTES:
-            raise OutboxError(
-                f"{path} holds {info.st_size} bytes, not a {KEY_BYTES}-byte outbox key"
-            )
-        key = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(key) != KEY_BYTES:
-        raise OutboxError(f"{path} holds {len(key)} bytes, not a {KEY_BYTES}-byte outbox key")
-    return key
-
-
-def _create_key(path: Path) -> None:
-    """Write a new key atomically, never replacing one another process created first.
-
-    The temp file is created 0600 (never briefly readable), synced, then *linked* into place:
-    unlike a rename, a link fails if the key already exists, so two processes starting at
-    once cannot end up sealing with two different keys. The loser just reads the winner's.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError as e:
-        raise OutboxError(f"cannot create {path}: {e.strerror}") from e
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask did
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return  # another process won the race: use its key
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise OutboxError(f"cannot create {path}: {e.strerror}") from e
-            # A filesystem without hard links: a plain rename, after a last look.
-            if path.exists():
-                return
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return load_or_create(self.key_path, KEY_BYTES, "outbox key", OutboxError)

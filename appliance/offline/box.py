@@ -1,0 +1,194 @@
+"""The box's side: ``outbox export`` (requests out) and ``outbox import`` (results in).
+
+Export leaves the items queued: until a result comes back they are still the box's
+promise, and an uplink that appears meanwhile may send them (the upstream sees the same
+``Idempotency-Key`` either way). Import is idempotent per item (the first answer stands,
+as with the uplink) and refuses a batch id it took before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from appliance.forward.engine import cost_usd
+from appliance.home import Home
+from appliance.offline import envelope, files, payload
+from appliance.offline.errors import OfflineError
+from appliance.offline.identity import Card, Identity
+from appliance.offline.ledger import Batch, Ledger
+from appliance.outbox import Outbox, OutboxItem
+from appliance.outbox.model import fmt_time
+from appliance.policy.schema import Policy
+from appliance.settings import Settings, UpstreamSettings
+
+OWNER = "offline-import"
+_ROOM = 0.7  # share of max_batch_bytes the payload may fill (base64 and JSON add ~35%)
+
+
+@dataclass
+class ExportReport:
+    files: list[Path] = field(default_factory=list)
+    items: int = 0
+
+
+@dataclass
+class ImportReport:
+    batches: int = 0
+    answered: int = 0  # items now done with the relay's answer
+    duplicates: int = 0  # already answered (by the uplink or an earlier batch)
+    failed: int = 0  # the upstream refused them for good
+    again: int = 0  # the relay could not send them; the next export carries them again
+    unknown: int = 0  # not in this outbox (purged, or never exported from here)
+    skipped: list[str] = field(default_factory=list)  # files of the other direction
+    refused: list[str] = field(default_factory=list)  # one line per refused file
+    warnings: list[str] = field(default_factory=list)
+
+
+def relay_card(settings: Settings, home: Home) -> Card:
+    path = settings.offline.relay_card
+    if not path:
+        raise OfflineError(
+            f"no relay is configured: set [offline] relay_card in {home.config_file} to the "
+            "card file the relay wrote with `appliance identity --out FILE`"
+        )
+    return Card.load(Path(path))
+
+
+def export_batches(
+    home: Home,
+    settings: Settings,
+    out: Path,
+    *,
+    again: bool = False,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ExportReport:
+    """Seal the queued items for the relay into batch files in `out`."""
+    relay = relay_card(settings, home)
+    me = Identity(home, settings.offline.name)
+    report = ExportReport()
+    with Outbox(home, settings.outbox) as outbox, Ledger(home) as ledger:
+        outbox.expire()
+        pending = ledger.to_export(limit=1_000_000, again=again)
+        for chunk in _chunks(pending, settings):
+            requests = payload.Requests(requests=[payload.request_of(i) for i in chunk])
+            now = fmt_time(clock())
+            header, data = envelope.seal(
+                payload.encode(requests), kind="requests", sender=me, recipient=relay, created=now
+            )
+            if len(data) > settings.offline.max_batch_bytes:
+                raise OfflineError(
+                    f"item {chunk[0].id} alone is larger than [offline] max_batch_bytes"
+                )
+            path = files.write_batch(out, header, data)
+            batch = Batch(
+                header.batch_id,
+                "out",
+                "requests",
+                relay.key_id,
+                relay.name,
+                len(chunk),
+                now,
+                path.name,
+            )
+            ledger.exported(batch, [i.id for i in chunk])
+            report.files.append(path)
+            report.items += len(chunk)
+    return report
+
+
+def _chunks(items: list[OutboxItem], settings: Settings) -> list[list[OutboxItem]]:
+    limit_items = settings.offline.batch_items
+    limit_bytes = int(settings.offline.max_batch_bytes * _ROOM)
+    chunks: list[list[OutboxItem]] = []
+    current: list[OutboxItem] = []
+    size = 0
+    for item in items:
+        if current and (len(current) >= limit_items or size + item.size_bytes > limit_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.size_bytes
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def import_results(
+    home: Home,
+    settings: Settings,
+    policy: Policy,
+    folder: Path,
+    *,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> ImportReport:
+    """Take every result batch in `folder` signed by the relay and addressed to this box."""
+    relay = relay_card(settings, home)
+    me = Identity(home, settings.offline.name)
+    upstreams = {u.name: u for u in settings.upstreams}
+    report = ImportReport()
+    with Outbox(home, settings.outbox) as outbox, Ledger(home) as ledger:
+        for path in files.batch_files(folder):
+            try:
+                data = envelope.read(path, settings.offline.max_batch_bytes)
+                if files.peek_kind(data) == "requests":
+                    report.skipped.append(path.name)
+                    continue
+                opened = envelope.open_batch(
+                    data, name=path.name, kind="results", me=me, senders={relay.key_id: relay}
+                )
+                ledger.refuse_replay(opened.header.batch_id, path.name)
+                results = payload.parse(payload.Results, opened.payload, path.name)
+            except OfflineError as e:
+                report.refused.append(str(e))
+                continue
+            for result in results.results:
+                _apply(result, outbox, ledger, policy, upstreams, report)
+            ledger.record(
+                Batch(
+                    opened.header.batch_id,
+                    "in",
+                    "results",
+                    relay.key_id,
+                    relay.name,
+                    len(results.results),
+                    fmt_time(clock()),
+                    path.name,
+                )
+            )
+            report.batches += 1
+            if warning := files.mark_taken(path):
+                report.warnings.append(warning)
+    return report
+
+
+def _apply(
+    result: payload.Result,
+    outbox: Outbox,
+    ledger: Ledger,
+    policy: Policy,
+    upstreams: dict[str, UpstreamSettings],
+    report: ImportReport,
+) -> None:
+    item = outbox.get(result.id)
+    if item is None or not ledger.was_exported(result.id):
+        report.unknown += 1  # the relay answers only what this box sent it
+        return
+    if result.outcome == "done" and result.answer is not None:
+        answer = payload.upstream_answer(result.answer)
+        upstream = upstreams.get(item.upstream) or UpstreamSettings(
+            name=item.upstream, kind="openai", base_url="", model=""
+        )
+        cost = cost_usd(policy, upstream, answer.prompt_tokens, answer.completion_tokens)
+        if outbox.complete(item.id, OWNER, answer, cost):
+            report.answered += 1
+        else:
+            report.duplicates += 1
+    elif result.outcome == "failed":
+        outbox.fail(item.id, OWNER, f"via relay: {result.error or 'refused upstream'}")
+        report.failed += 1
+    else:
+        ledger.forget_exports([item.id])
+        report.again += 1
