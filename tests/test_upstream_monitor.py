@@ -65,7 +65,7 @@ def test_good_probe_marks_up(tmp_path: Path) -> None:
             assert monitor.states() == [
                 UplinkState(
                     name="a", up=True, last_ok_at=1.7e9, last_error=None, failures=0,
-                    next_probe_at=1010.0,
+                    next_probe_at=1010.0, checked_at=1.7e9,
                 )
             ]  # fmt: skip
             await monitor.probe_due()  # not due yet: no request

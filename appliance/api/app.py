@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
-from appliance.api import escalations, openai_routes
+from appliance.api import escalations, openai_routes, status_route
 from appliance.api.errors import install_handlers
 from appliance.api.governed import Governor
 from appliance.api.security import GuardMiddleware, is_loopback
@@ -127,6 +128,7 @@ def create_app(
         title="Appliance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.home = home
+    app.state.started_at = time.time()
     app.state.settings = settings
     app.state.models = models
     app.state.governor = governor
@@ -136,6 +138,7 @@ def create_app(
     install_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(escalations.router)
+    app.include_router(status_route.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -181,3 +181,16 @@ async def require_infer(request: Request) -> None:
 
 async def require_admin(request: Request) -> None:
     _check(request, "admin")
+
+
+async def require_observer(request: Request) -> None:
+    """``/status`` and ``/metrics``: open to a client on the box itself, else a token.
+
+    A field tech at the box's terminal (``appliance status``) and a local Prometheus agent
+    need no token; neither document holds a secret, a prompt or a PII value. From the
+    network, any valid device token (infer or admin) is needed.
+    """
+    client = request.client.host if request.client else ""
+    if is_loopback(client):
+        return
+    _check(request, "infer")

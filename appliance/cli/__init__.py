@@ -13,6 +13,7 @@ from appliance.cli import (
     offline,
     outbox,
     policy,
+    status,
     tokens,
     trust,
 )
@@ -31,6 +32,7 @@ outbox.app.command("export")(offline.export)
 outbox.app.command("import")(offline.import_)
 offline.relay_app.command("process")(offline.relay_process)
 app.command("identity")(offline.identity)
+app.command("status")(status.status)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)

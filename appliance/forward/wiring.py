@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from appliance.forward import uplinks
 from appliance.forward.engine import SyncEngine
 from appliance.forward.escalator import OutboxEscalator
 from appliance.home import Home
@@ -20,6 +21,7 @@ from appliance.upstream import UplinkMonitor, UpstreamClient
 
 @dataclass
 class Forwarding:
+    home: Home
     outbox: Outbox
     clients: dict[str, UpstreamClient]
     monitor: UplinkMonitor
@@ -28,7 +30,11 @@ class Forwarding:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe the uplinks and drain the outbox until `stop` is set."""
-        await asyncio.gather(self.monitor.run(stop), self.engine.run(stop))
+        await asyncio.gather(
+            self.monitor.run(stop),
+            self.engine.run(stop),
+            uplinks.keep(self.home, self.monitor, stop),
+        )
 
     async def aclose(self) -> None:
         for client in self.clients.values():
@@ -50,4 +56,4 @@ def build(home: Home, settings: Settings, policy: Callable[[], Policy], role: st
     monitor = UplinkMonitor(clients, settings.sync)
     owner = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     engine = SyncEngine(outbox, clients, monitor, settings, policy, owner)
-    return Forwarding(outbox, clients, monitor, engine, OutboxEscalator(engine))
+    return Forwarding(home, outbox, clients, monitor, engine, OutboxEscalator(engine))

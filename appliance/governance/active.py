@@ -14,6 +14,7 @@ leaves the box without a policy.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,18 +47,38 @@ class LoadedPolicy:
         return f"{self.policy.name}@{self.digest[:12]}"
 
 
-def find_source(home: Home, settings: Settings) -> PolicySource:
-    """Where the policy in force comes from now (see the module docstring)."""
-    db = open_state(home)
+_ACTIVE_POLICY_BUNDLE = (
+    "SELECT b.name, b.version FROM bundles b JOIN active_bundles a "
+    "ON a.name = b.name AND a.version = b.version "
+    "WHERE b.kind = 'policy' AND b.digest NOT IN (SELECT digest FROM revoked_bundles) "
+    "ORDER BY a.activated_at DESC, b.sequence DESC LIMIT 1"
+)
+
+
+def _active_bundle(home: Home, read_only: bool) -> tuple[str, str] | None:
+    if not read_only:
+        db = open_state(home)
+        try:
+            return db.execute(_ACTIVE_POLICY_BUNDLE).fetchone()  # type: ignore[no-any-return]
+        finally:
+            db.conn.close()
+    if not home.state_db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{home.state_db}?mode=ro", uri=True, timeout=2.0)
     try:
-        active = db.execute(
-            "SELECT b.name, b.version FROM bundles b JOIN active_bundles a "
-            "ON a.name = b.name AND a.version = b.version "
-            "WHERE b.kind = 'policy' AND b.digest NOT IN (SELECT digest FROM revoked_bundles) "
-            "ORDER BY a.activated_at DESC, b.sequence DESC LIMIT 1"
-        ).fetchone()
+        return conn.execute(_ACTIVE_POLICY_BUNDLE).fetchone()  # type: ignore[no-any-return]
+    except sqlite3.OperationalError:  # a state.db without the bundle tables yet
+        return None
     finally:
-        db.conn.close()
+        conn.close()
+
+
+def find_source(home: Home, settings: Settings, *, read_only: bool = False) -> PolicySource:
+    """Where the policy in force comes from now (see the module docstring).
+
+    `read_only`: look without ever writing state.db (``appliance status``).
+    """
+    active = _active_bundle(home, read_only)
     if active is not None:
         name, version = active
         path = home.bundle_dir(name, version) / "payload" / POLICY_FILE

@@ -38,6 +38,7 @@ class UplinkState:
     last_error: str | None = None  # one line, from the last failure
     failures: int = 0  # consecutive failures since the last success
     next_probe_at: float = 0.0  # monotonic (the monitor's clock); 0 = due now
+    checked_at: float | None = None  # wall time of the last outcome (probe or send)
 
 
 class UplinkMonitor:
@@ -92,7 +93,7 @@ class UplinkMonitor:
         state.up = True
         state.failures = 0
         state.last_error = None
-        state.last_ok_at = self._wall()
+        state.last_ok_at = state.checked_at = self._wall()
         state.next_probe_at = self._clock() + self._settings.probe_interval_s
 
     def mark_down(self, name: str, error: str | BaseException) -> None:
@@ -106,6 +107,7 @@ class UplinkMonitor:
         state.up = False
         state.failures += 1
         state.last_error = message
+        state.checked_at = self._wall()
         delay = self._backoff(state.failures)
         retry_after = getattr(error, "retry_after_s", None)
         if isinstance(retry_after, int | float) and retry_after > delay:

@@ -1,0 +1,78 @@
+"""``GET /status``: the same document as ``appliance status --json``, with what only the
+running daemon knows (loaded models and their device, live uplink states, why sync waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from appliance import __version__
+from appliance.api.security import require_observer
+from appliance.runtime.manager import ModelManager
+from appliance.status import document, hardware
+
+router = APIRouter(dependencies=[Depends(require_observer)])
+GPU_CACHE_S = 5.0  # seconds an nvidia-smi reading is reused (a watch polls every 2 s)
+
+
+class _GpuCache:
+    def __init__(self) -> None:
+        self.at = 0.0
+        self.value: list[dict[str, Any]] = []
+
+    def get(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self.at > GPU_CACHE_S:
+            self.value, self.at = hardware.gpus(), time.monotonic()
+        return self.value
+
+
+_gpus = _GpuCache()
+
+
+def live_of(app: Any) -> document.Live:
+    manager: ModelManager = app.state.models
+    loaded = manager.loaded()
+    models = {
+        spec.name: {
+            "version": spec.version,
+            "loaded": spec.name in loaded,
+            "device": loaded[spec.name].backend.device if spec.name in loaded else None,
+            "error": manager.errors.get(spec.name),
+        }
+        for spec in manager.specs()
+    }
+    forwarding = app.state.forwarding
+    return document.Live(
+        pid=os.getpid(),
+        started_at=app.state.started_at,
+        models=models,
+        uplinks=forwarding.monitor.states() if forwarding else None,
+        waiting=forwarding.engine.waiting if forwarding else None,
+        last_sync_at=forwarding.engine.last_sync_at if forwarding else None,
+        queue_depth={name: worker.depth for name, worker in loaded.items()},
+    )
+
+
+def build(app: Any, url: str) -> dict[str, Any]:
+    governor = app.state.governor
+    return document.build(
+        app.state.home,
+        app.state.settings,
+        daemon={"up": True, "url": url, "version": __version__},
+        live=live_of(app),
+        policy=lambda: governor.active.current,
+        gpus=_gpus.get(),
+    )
+
+
+@router.get("/status")
+async def status(request: Request) -> JSONResponse:
+    url = str(request.base_url).rstrip("/")
+    body = await asyncio.to_thread(build, request.app, url)
+    return JSONResponse(body)
