@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
-from appliance.api import escalations, openai_routes, status_route
+from appliance.api import escalations, metrics_route, openai_routes, status_route
 from appliance.api.errors import install_handlers
 from appliance.api.governed import Governor
 from appliance.api.security import GuardMiddleware, is_loopback
@@ -139,6 +139,7 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(escalations.router)
     app.include_router(status_route.router)
+    app.include_router(metrics_route.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -163,4 +164,5 @@ def create_app(
         )
 
     app.add_middleware(GuardMiddleware, server=settings.server)  # type: ignore[arg-type]
+    app.add_middleware(metrics_route.RequestMetrics)  # outermost: refusals count too
     return app

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import metrics
 from appliance.api.errors import APIError, limit_exceeded
 from appliance.runtime.backend import Backend, GenerationRequest, GenerationResult, TokenEvent
 from appliance.runtime.manager import Job, ModelWorker
@@ -76,6 +78,32 @@ async def _drain(
         cancel()
 
 
+class _Clock:
+    """Times one generation on the model's thread for the metrics (a few ns per token)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.last = self.start
+        self.tokens = 0
+
+    def tick(self) -> None:
+        self.last = time.perf_counter()
+        if self.first is None:
+            self.first = self.last
+        self.tokens += 1
+
+    def done(self, result: GenerationResult) -> None:
+        metrics.PROMPT_TOKENS.labels(self.model).inc(result.prompt_tokens)
+        metrics.GENERATED_TOKENS.labels(self.model).inc(result.completion_tokens)
+        if self.first is not None:
+            metrics.TIME_TO_FIRST_TOKEN.labels(self.model).observe(self.first - self.start)
+            if self.tokens > 1:
+                per_token = (self.last - self.first) / (self.tokens - 1)
+                metrics.TIME_PER_TOKEN.labels(self.model).observe(per_token)
+
+
 @dataclass(frozen=True)
 class _Done:
     value: Any
@@ -103,13 +131,18 @@ async def generate(
             raise limit_exceeded(
                 "the prompt", prompt_tokens, limits.max_prompt_tokens, "tokens", "messages"
             )
+        clock = _Clock(worker.spec.name)
         generation = backend.generate(request)
         if stream:
             for event in generation:
+                clock.tick()
                 bridge.put(event)
+            clock.done(generation.result)
             bridge.put(generation.result)
         else:
-            bridge.put_all([*generation, generation.result])
+            events = [clock.tick() or event for event in generation]
+            clock.done(generation.result)
+            bridge.put_all([*events, generation.result])
 
     worker.submit(Job(run=run, cancelled=request.cancel.is_set, fail=bridge.put))
     async for item in _drain(bridge, deadline, request.cancel.set):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from appliance import metrics
 from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.outbox import Outbox, OutboxItem
 from appliance.policy.schema import Policy
@@ -173,6 +174,8 @@ class SyncEngine:
             await self.send(escalation_of(item))
         except UpstreamError as e:
             report.errors.append(f"{item.id}: {e}")
+            outcome = "retry" if e.retryable else "failed"
+            metrics.SYNC_ATTEMPTS.labels(item.upstream, outcome).inc()
             if not e.retryable:
                 await asyncio.to_thread(self.outbox.fail, item.id, self.owner, str(e))
                 report.failed += 1
@@ -187,6 +190,7 @@ class SyncEngine:
             report.retried += 1
             log.info("escalation %s retries in %.0f s: %s", item.id, wait, e)
         else:
+            metrics.SYNC_ATTEMPTS.labels(item.upstream, "sent").inc()
             report.sent += 1
 
     async def run(self, stop: asyncio.Event) -> None:

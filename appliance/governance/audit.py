@@ -17,6 +17,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from appliance import metrics
 from appliance.errors import StateError
 from appliance.home import Home
 from appliance.state import open_state, utc_now, write_transaction
@@ -103,6 +104,7 @@ class AuditLog:
         self._thread.start()
 
     def record(self, record: AuditRecord) -> None:
+        metrics.DECISIONS.labels(record.route).inc()
         self._queue.put_nowait(record)
 
     def flush(self, timeout: float = 10.0) -> None:
