@@ -10,6 +10,8 @@ from appliance.bundles.installer import BundleManager
 from appliance.home import Home
 from tests.helpers import Key, make_key
 
+pytest_plugins = ["tests.log_scan"]
+
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:

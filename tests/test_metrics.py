@@ -112,7 +112,7 @@ def test_outbox_depth_is_reported_even_before_any_escalation(daemon: Daemon):
 def test_metrics_from_the_network_need_a_token(daemon: Daemon):
     from fastapi.testclient import TestClient
 
-    client = TestClient(daemon.app, base_url="http://127.0.0.1", client=("10.9.8.7", 4000))
+    client = TestClient(daemon.app, base_url="http://127.0.0.1", client=("203.0.113.11", 4000))
     assert client.get("/metrics").status_code == 401
     ok = client.get("/metrics", headers={"Authorization": f"Bearer {daemon.infer_token}"})
     assert ok.status_code == 200 and "appliance_http_requests_total" in ok.text

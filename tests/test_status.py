@@ -176,7 +176,7 @@ def test_a_healthy_daemon_says_so_and_the_cli_shows_the_same_document(
 def test_status_from_the_network_needs_a_token(daemon: Daemon):
     from fastapi.testclient import TestClient
 
-    client = TestClient(daemon.app, base_url="http://127.0.0.1", client=("10.1.2.3", 5000))
+    client = TestClient(daemon.app, base_url="http://127.0.0.1", client=("203.0.113.10", 5000))
     assert client.get("/status").status_code == 401
     authorized = {"Authorization": f"Bearer {daemon.infer_token}"}
     assert client.get("/status", headers=authorized).status_code == 200

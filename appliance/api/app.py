@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from appliance import __version__
 from appliance.api import escalations, metrics_route, openai_routes, status_route
+from appliance.api.context import RequestIdMiddleware
 from appliance.api.errors import install_handlers
 from appliance.api.governed import Governor
 from appliance.api.security import GuardMiddleware, is_loopback
@@ -164,5 +165,6 @@ def create_app(
         )
 
     app.add_middleware(GuardMiddleware, server=settings.server)  # type: ignore[arg-type]
-    app.add_middleware(metrics_route.RequestMetrics)  # outermost: refusals count too
+    app.add_middleware(metrics_route.RequestMetrics)  # outside the guard: refusals count too
+    app.add_middleware(RequestIdMiddleware)  # outermost: every line logged has the id
     return app

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance import logs
 from appliance.api import inference
 from appliance.api.errors import APIError
 from appliance.governance import router
@@ -66,7 +67,8 @@ class Inbound:
     generation: GenerationRequest
     escalate: router.EscalateOption = "auto"
     device: str | None = None
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # the id the logs carry for this request (X-Request-Id), so audit rows and logs match
+    request_id: str = field(default_factory=lambda: logs.request_id() or uuid.uuid4().hex)
 
 
 @dataclass

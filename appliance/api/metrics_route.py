@@ -9,6 +9,7 @@ state.db's ``bundle_events``, so installs made by the CLI count too).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ from appliance.api.security import require_observer
 from appliance.status.document import open_read_only
 
 router = APIRouter(dependencies=[Depends(require_observer)])
+access = logging.getLogger("appliance.http")
+# probed every few seconds by supervisors and scrapers: counted, not logged
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/status"})
 _STATES = ("queued", "sending", "done", "failed", "expired")
 
 
@@ -143,7 +147,8 @@ async def scrape(request: Request) -> Response:
 
 
 class RequestMetrics:
-    """Counts every HTTP request by route template (never the raw path) and status."""
+    """Counts every HTTP request by route template (never the raw path) and status, and
+    logs one access line for it (method, route template, status, ms, device)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -166,5 +171,19 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
+            seconds = time.perf_counter() - started
             metrics.REQUESTS.labels(template, str(status)).inc()
-            metrics.REQUEST_SECONDS.labels(template).observe(time.perf_counter() - started)
+            metrics.REQUEST_SECONDS.labels(template).observe(seconds)
+            if template not in QUIET_ROUTES:
+                access.info(
+                    "%s %s %d",
+                    scope.get("method", "?"),
+                    template,
+                    status,
+                    extra={
+                        "route": template,
+                        "status": status,
+                        "ms": round(seconds * 1000, 1),
+                        "device": (scope.get("state") or {}).get("device"),
+                    },
+                )

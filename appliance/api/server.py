@@ -26,6 +26,7 @@ def config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # keep the process's logging (JSON lines under `appliance serve`)
         server_header=False,
         access_log=False,
         timeout_graceful_shutdown=10,

@@ -22,9 +22,11 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Listen port (default 8750)."),
 ) -> None:
     """Run the daemon: the OpenAI-compatible API over the active model bundles."""
+    from appliance import logs
     from appliance.api.app import create_app
     from appliance.api.server import serve_forever
 
+    logs.configure()
     h = home().ensure()
     settings = _settings_with(load_settings(h.config_file), host=host, port=port)
     app = create_app(h, settings)
