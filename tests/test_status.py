@@ -276,3 +276,20 @@ def test_a_file_modified_after_install_is_noticed(tmp_path: Path):
     assert files_changed(tmp_path, [{"path": "gone.gguf", "size": 1}], "2999-01-01T00:00:00Z") == [
         "gone.gguf: missing"
     ]
+
+
+def test_the_console_script_takes_the_fast_path_for_status(home: Home, capsys):
+    from appliance import _entry
+
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert _entry.main(["--debug", "status", "--json", "--url", url]) == 2
+    assert json.loads(capsys.readouterr().out)["health"] == "down"
+    assert _entry.main(["status", "--url", "not a url at all"]) == 2  # bad usage
+    assert "is not an http:// address" in capsys.readouterr().err
+    assert _entry.main(["status", "--bogus"]) == 2  # usage error
+    assert "--bogus" in capsys.readouterr().err
+    home.config_file.write_text("[server]\nport = 'x'\n")
+    assert _entry.main(["status"]) == 1
+    assert "config.toml" in capsys.readouterr().err
+    assert _entry.main(["--version"]) == 0  # everything else: the full CLI
+    assert "appliance" in capsys.readouterr().out

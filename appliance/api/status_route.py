@@ -66,7 +66,7 @@ def build(app: Any, url: str) -> dict[str, Any]:
         app.state.settings,
         daemon={"up": True, "url": url, "version": __version__},
         live=live_of(app),
-        policy=lambda: governor.active.current,
+        policy=lambda: governor.active.current.summary(),
         gpus=_gpus.get(),
     )
 

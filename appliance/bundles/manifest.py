@@ -16,10 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.errors import ManifestError
+from appliance.policy_source import POLICY_FILE  # the payload file of a policy bundle
 
 SCHEMA_VERSION = 1
 KINDS = ("model", "policy", "adapter", "keyring", "revocation")
-POLICY_FILE = "policy.toml"  # the payload file of a policy bundle
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"

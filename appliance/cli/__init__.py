@@ -13,12 +13,12 @@ from appliance.cli import (
     offline,
     outbox,
     policy,
-    status,
     tokens,
     trust,
 )
 from appliance.cli.common import app, err_console
 from appliance.errors import ApplianceError
+from appliance.status import cli as status_cli
 
 app.add_typer(keys.app, name="keys")
 app.add_typer(trust.app, name="trust")
@@ -32,7 +32,7 @@ outbox.app.command("export")(offline.export)
 outbox.app.command("import")(offline.import_)
 offline.relay_app.command("process")(offline.relay_process)
 app.command("identity")(offline.identity)
-app.command("status")(status.status)
+app.command("status")(status_cli.status)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)

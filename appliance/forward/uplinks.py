@@ -12,11 +12,12 @@ import contextlib
 import logging
 import sqlite3
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.home import Home
-from appliance.state import open_state, write_transaction
-from appliance.upstream.monitor import UplinkMonitor, UplinkState
+
+if TYPE_CHECKING:  # kept light: `appliance status` reads the table without these
+    from appliance.upstream.monitor import UplinkMonitor, UplinkState
 
 log = logging.getLogger("appliance.sync")
 
@@ -50,6 +51,8 @@ def _row(state: UplinkState) -> tuple[Any, ...]:
 
 def save(home: Home, states: list[UplinkState]) -> None:
     """Replace the stored states with `states` (upstreams no longer configured go)."""
+    from appliance.state import open_state, write_transaction
+
     db = open_state(home)
     try:
         with write_transaction(db) as conn:

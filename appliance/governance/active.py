@@ -14,25 +14,17 @@ leaves the box without a policy.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
-from appliance.bundles.manifest import POLICY_FILE
 from appliance.errors import PolicyError
 from appliance.home import Home
-from appliance.policy.load import default_policy_path, parse_policy
+from appliance.policy.load import parse_policy
 from appliance.policy.schema import Policy
+from appliance.policy_source import PolicySource, PolicySummary, active_bundle, source_for
 from appliance.settings import Settings
 from appliance.state import open_state
 
 log = logging.getLogger("appliance.policy")
-
-
-@dataclass(frozen=True)
-class PolicySource:
-    path: Path
-    origin: str  # "bundle NAME VERSION", "config policy_file", or "default"
 
 
 @dataclass(frozen=True)
@@ -41,51 +33,25 @@ class LoadedPolicy:
     source: PolicySource
     digest: str
 
+    def summary(self) -> PolicySummary:
+        return PolicySummary(
+            self.policy.name, self.digest, self.source.origin, self.policy.budgets.daily_usd
+        )
+
     @property
     def label(self) -> str:
         """name@digest prefix: what the audit records as the deciding policy."""
         return f"{self.policy.name}@{self.digest[:12]}"
 
 
-_ACTIVE_POLICY_BUNDLE = (
-    "SELECT b.name, b.version FROM bundles b JOIN active_bundles a "
-    "ON a.name = b.name AND a.version = b.version "
-    "WHERE b.kind = 'policy' AND b.digest NOT IN (SELECT digest FROM revoked_bundles) "
-    "ORDER BY a.activated_at DESC, b.sequence DESC LIMIT 1"
-)
-
-
-def _active_bundle(home: Home, read_only: bool) -> tuple[str, str] | None:
-    if not read_only:
-        db = open_state(home)
-        try:
-            return db.execute(_ACTIVE_POLICY_BUNDLE).fetchone()  # type: ignore[no-any-return]
-        finally:
-            db.conn.close()
-    if not home.state_db.exists():
-        return None
-    conn = sqlite3.connect(f"file:{home.state_db}?mode=ro", uri=True, timeout=2.0)
+def find_source(home: Home, settings: Settings) -> PolicySource:
+    """Where the policy in force comes from now (see the module docstring)."""
+    db = open_state(home)
     try:
-        return conn.execute(_ACTIVE_POLICY_BUNDLE).fetchone()  # type: ignore[no-any-return]
-    except sqlite3.OperationalError:  # a state.db without the bundle tables yet
-        return None
+        active = active_bundle(db.conn)
     finally:
-        conn.close()
-
-
-def find_source(home: Home, settings: Settings, *, read_only: bool = False) -> PolicySource:
-    """Where the policy in force comes from now (see the module docstring).
-
-    `read_only`: look without ever writing state.db (``appliance status``).
-    """
-    active = _active_bundle(home, read_only)
-    if active is not None:
-        name, version = active
-        path = home.bundle_dir(name, version) / "payload" / POLICY_FILE
-        return PolicySource(path, f"bundle {name} {version}")
-    if settings.policy_file:
-        return PolicySource(Path(settings.policy_file), "config policy_file")
-    return PolicySource(default_policy_path(), "default")
+        db.conn.close()
+    return source_for(home, settings.policy_file, active)
 
 
 def load(source: PolicySource) -> LoadedPolicy:

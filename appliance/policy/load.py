@@ -15,7 +15,6 @@ import tomllib
 import typing
 from dataclasses import dataclass
 from difflib import get_close_matches
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +24,9 @@ from pydantic_core import ErrorDetails
 from appliance.errors import PolicyError
 from appliance.policy.locate import KeyLines
 from appliance.policy.schema import Policy
+from appliance.policy_source import DEFAULT_POLICY_FILE, shipped_file
 
 MAX_POLICY_BYTES = 1024 * 1024  # bytes: a policy is a page of settings, not a data set
-SHIPPED_PACKAGE = "appliance.policies"  # the repository's policies/ folder, once installed
-DEFAULT_POLICY_FILE = "default.toml"
 
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)|\(at end of document\)")
 _MESSAGES = {
@@ -120,25 +118,12 @@ def load_policy(path: Path) -> Policy:
 
 def default_policy_path() -> Path:
     """The shipped ``policies/default.toml``, wherever and however the package is installed."""
-    return _shipped_file(DEFAULT_POLICY_FILE)
+    return shipped_file(DEFAULT_POLICY_FILE)
 
 
 def default_policy() -> Policy:
     """The shipped default policy (safe by default: SPEC section 7)."""
     return load_policy(default_policy_path())
-
-
-def _shipped_file(name: str) -> Path:
-    try:
-        folder = resources.files(SHIPPED_PACKAGE)
-    except ModuleNotFoundError:
-        # A source checkout on sys.path, or an editable install made before the package
-        # mapping existed: policies/ sits beside the appliance package.
-        folder = Path(__file__).resolve().parents[2] / "policies"
-    candidate = folder / name
-    if not isinstance(candidate, Path) or not candidate.is_file():
-        raise PolicyError(f"the shipped policy {name} is missing from this installation")
-    return candidate
 
 
 # --- turning foreign errors into located problems ---------------------------------------

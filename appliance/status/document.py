@@ -16,14 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
 from appliance.forward import uplinks
 from appliance.home import Home
+from appliance.policy_source import PolicySummary
 from appliance.settings import Settings
 from appliance.status import advice, hardware
-from appliance.upstream.monitor import UplinkState
+
+if TYPE_CHECKING:
+    from appliance.upstream.monitor import UplinkState
 
 SCHEMA = 1
 MTIME_SLACK_S = 5.0  # seconds: a payload file's mtime may trail its install record this much
@@ -86,14 +89,14 @@ def build(
     *,
     daemon: dict[str, Any],
     live: Live | None = None,
-    policy: Callable[[], Any] | None = None,
+    policy: Callable[[], PolicySummary] | None = None,
     now: datetime | None = None,
     gpus: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The whole document; `daemon` is {"up", "url", ...} as the caller found the daemon.
 
-    `policy` returns the policy in force (the daemon's; the CLI loads it from the home),
-    used for the daily budget; it may raise, which the document reports as an error.
+    `policy` returns a summary of the policy in force (the daemon's; the CLI peeks at the
+    file), for the daily budget; it may raise, which the document reports as an error.
     """
     now = now or datetime.now(UTC)
     conn = open_read_only(home)
@@ -245,7 +248,7 @@ def _uplinks(
 def _sync_and_budget(
     conn: sqlite3.Connection | None,
     live: Live | None,
-    policy: Callable[[], Any] | None,
+    policy: Callable[[], PolicySummary] | None,
     now: datetime,
     document: dict[str, Any],
     errors: list[dict[str, Any]],
@@ -265,12 +268,12 @@ def _sync_and_budget(
     policy_doc: dict[str, Any] | None = None
     if policy is not None:
         try:
-            loaded = policy()
-            daily = loaded.policy.budgets.daily_usd
+            summary: PolicySummary = policy()
+            daily = summary.daily_usd
             policy_doc = {
-                "name": loaded.policy.name,
-                "digest": loaded.digest,
-                "origin": loaded.source.origin,
+                "name": summary.name,
+                "digest": summary.digest,
+                "origin": summary.origin,
             }
         except Exception as e:  # an invalid policy is a finding, not a crash of status
             errors.append({"at": now_text(now), "source": "policy", "message": str(e)})
