@@ -7,7 +7,6 @@ Every inference response says where it was answered: the ``X-Appliance-Route`` h
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from appliance.api import governed, inference
+from appliance.api import formats, governed, inference
 from appliance.api.errors import APIError, limit_exceeded
 from appliance.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.api.security import require_infer
@@ -94,173 +93,6 @@ async def _generative_worker(request: Request, model: str) -> Any:
     return worker
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
-
-
-def _sse(document: dict[str, Any]) -> str:
-    return f"data: {json.dumps(document, separators=(',', ':'))}\n\n"
-
-
-class _Format:
-    """How one endpoint shapes its answer: a whole document, or the chunks of a stream."""
-
-    def __init__(self, base: dict[str, Any], wants_logprobs: bool) -> None:
-        self.base, self.wants_logprobs = base, wants_logprobs
-
-    def opening(self) -> list[dict[str, Any]]:
-        return []
-
-    def piece(self, text: str, event: TokenEvent | None) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def closing(self, finish: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
-        return {**self.base, "choices": [], "usage": usage}
-
-    def document(
-        self, text: str, finish: str, usage: dict[str, int], events: list[TokenEvent] | None
-    ) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-def _chat_logprob(event: TokenEvent) -> dict[str, Any]:
-    return {
-        "token": event.token,
-        "logprob": event.logprob,
-        "bytes": list(event.token.encode("utf-8")),
-        "top_logprobs": [
-            {"token": t, "logprob": lp, "bytes": list(t.encode("utf-8"))}
-            for t, lp in event.top_logprobs
-        ],
-    }
-
-
-class _ChatFormat(_Format):
-    def opening(self) -> list[dict[str, Any]]:
-        opening = {"role": "assistant", "content": ""}
-        return [
-            {
-                **self.base,
-                "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": opening, "finish_reason": None}],
-            }
-        ]
-
-    def piece(self, text: str, event: TokenEvent | None) -> dict[str, Any] | None:
-        with_logprob = self.wants_logprobs and event is not None and event.token_id >= 0
-        if not text and not with_logprob:
-            return None
-        choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
-        if with_logprob:
-            assert event is not None
-            choice["logprobs"] = {"content": [_chat_logprob(event)]}
-        return {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
-
-    def closing(self, finish: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **self.base,
-            "object": "chat.completion.chunk",
-            "appliance": envelope,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-        }
-
-    def usage(self, usage: dict[str, int]) -> dict[str, Any]:
-        return {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-
-    def document(
-        self, text: str, finish: str, usage: dict[str, int], events: list[TokenEvent] | None
-    ) -> dict[str, Any]:
-        logprobs = None
-        if self.wants_logprobs and events is not None:
-            logprobs = {"content": [_chat_logprob(e) for e in events if e.token_id >= 0]}
-        return {
-            **self.base,
-            "object": "chat.completion",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": logprobs,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-        }
-
-
-def _completion_logprobs(events: list[TokenEvent], offset: int) -> dict[str, Any]:
-    tokens, token_logprobs, tops, offsets = [], [], [], []
-    for event in events:
-        if event.token_id < 0:
-            continue
-        offsets.append(offset)
-        offset += len(event.token)
-        tokens.append(event.token)
-        token_logprobs.append(event.logprob)
-        tops.append(dict(event.top_logprobs))
-    return {
-        "tokens": tokens,
-        "token_logprobs": token_logprobs,
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }
-
-
-class _CompletionFormat(_Format):
-    def __init__(self, base: dict[str, Any], wants_logprobs: bool, prefix: str) -> None:
-        super().__init__(base, wants_logprobs)
-        self.prefix, self.opened = prefix, False
-
-    def piece(self, text: str, event: TokenEvent | None) -> dict[str, Any] | None:
-        text = text if self.opened else self.prefix + text
-        with_logprob = self.wants_logprobs and event is not None and event.token_id >= 0
-        if not text and not with_logprob:
-            return None
-        self.opened = True
-        logprobs = _completion_logprobs([event], 0) if with_logprob and event else None
-        return {
-            **self.base,
-            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": None}],
-        }
-
-    def closing(self, finish: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **self.base,
-            "appliance": envelope,
-            "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": finish}],
-        }
-
-    def document(
-        self, text: str, finish: str, usage: dict[str, int], events: list[TokenEvent] | None
-    ) -> dict[str, Any]:
-        logprobs = None
-        if self.wants_logprobs and events is not None:
-            logprobs = _completion_logprobs(events, len(self.prefix))
-        return {
-            **self.base,
-            "choices": [
-                {
-                    "index": 0,
-                    "text": self.prefix + text,
-                    "logprobs": logprobs,
-                    "finish_reason": finish,
-                }
-            ],
-            "usage": usage,
-        }
-
-
 def _governor(request: Request) -> governed.Governor:
     return request.app.state.governor  # type: ignore[no-any-return]
 
@@ -269,7 +101,7 @@ async def _respond(
     request: Request,
     worker: Any,
     inbound: governed.Inbound,
-    fmt: _Format,
+    fmt: formats.Format,
     stream: bool,
     include_usage: bool,
 ) -> Any:
@@ -297,8 +129,8 @@ async def _respond(
             raise governed.refusal(decided, envelope)
         if decided.route == "escalated":
             return _upstream_answer(decided, worker, label, fmt, stream, include_usage)
-        usage = _usage(result.prompt_tokens, result.completion_tokens)
-        finish = _finish(result.finish_reason)
+        usage = formats.usage_of(result.prompt_tokens, result.completion_tokens)
+        finish = formats.finish_of(result.finish_reason)
         return _finished(
             fmt, decided, envelope, result.text, content, finish, usage, stream, include_usage
         )
@@ -310,19 +142,23 @@ async def _respond(
         judged = False
         try:
             for chunk in fmt.opening():
-                yield _sse(chunk)
+                yield formats.sse(chunk)
             item: TokenEvent | GenerationResult = first
             while not isinstance(item, GenerationResult):
                 content.append(item)
                 piece = fmt.piece(item.text, item)
                 if piece is not None:
-                    yield _sse(piece)
+                    yield formats.sse(piece)
                 item = await anext(events)
             decided = await gov.judge(inbound, plan, content, item, streamed=True)
             judged = True
-            yield _sse(fmt.closing(_finish(item.finish_reason), decided.envelope(worker, label)))
+            yield formats.sse(
+                fmt.closing(formats.finish_of(item.finish_reason), decided.envelope(worker, label))
+            )
             if include_usage:
-                yield _sse(fmt.usage(_usage(item.prompt_tokens, item.completion_tokens)))
+                yield formats.sse(
+                    fmt.usage(formats.usage_of(item.prompt_tokens, item.completion_tokens))
+                )
             yield "data: [DONE]\n\n"
         finally:
             if not judged:  # the client went away mid-stream: the decision is still audited
@@ -340,7 +176,7 @@ def _upstream_answer(
     decided: governed.Decided,
     worker: Any,
     label: str,
-    fmt: _Format,
+    fmt: formats.Format,
     stream: bool,
     include_usage: bool,
 ) -> Any:
@@ -348,15 +184,15 @@ def _upstream_answer(
     answer = decided.upstream_answer
     assert answer is not None
     envelope = decided.envelope(worker, label)
-    usage = _usage(answer.prompt_tokens, answer.completion_tokens)
-    finish = _finish(answer.finish_reason)
+    usage = formats.usage_of(answer.prompt_tokens, answer.completion_tokens)
+    finish = formats.finish_of(answer.finish_reason)
     return _finished(
         fmt, decided, envelope, decided.text, None, finish, usage, stream, include_usage
     )
 
 
 def _finished(
-    fmt: _Format,
+    fmt: formats.Format,
     decided: governed.Decided,
     envelope: dict[str, Any],
     text: str,
@@ -373,16 +209,16 @@ def _finished(
 
     async def chunks() -> AsyncIterator[str]:
         for chunk in fmt.opening():
-            yield _sse(chunk)
+            yield formats.sse(chunk)
         pieces = (
             [fmt.piece(text, None)] if events is None else [fmt.piece(e.text, e) for e in events]
         )
         for piece in pieces:
             if piece is not None:
-                yield _sse(piece)
-        yield _sse(fmt.closing(finish, envelope))
+                yield formats.sse(piece)
+        yield formats.sse(fmt.closing(finish, envelope))
         if include_usage:
-            yield _sse(fmt.usage(usage))
+            yield formats.sse(fmt.usage(usage))
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(chunks(), media_type="text/event-stream", headers=decided.headers())
@@ -419,7 +255,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     )
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    fmt = _ChatFormat(base, wants_logprobs)
+    fmt = formats.ChatFormat(base, wants_logprobs)
     return await _respond(request, worker, inbound, fmt, body.stream, include_usage)
 
 
@@ -454,7 +290,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     }
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     prefix = body.prompt_text if body.echo else ""
-    fmt = _CompletionFormat(base, body.logprobs is not None, prefix)
+    fmt = formats.CompletionFormat(base, body.logprobs is not None, prefix)
     return await _respond(request, worker, inbound, fmt, body.stream, include_usage)
 
 
