@@ -149,16 +149,7 @@ def create_app(
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         manager: ModelManager = request.app.state.models
-        loaded = manager.loaded()
-        models_state = {
-            spec.name: {
-                "version": spec.version,
-                "loaded": spec.name in loaded,
-                "device": loaded[spec.name].backend.device if spec.name in loaded else None,
-                "error": manager.errors.get(spec.name),
-            }
-            for spec in manager.specs()
-        }
+        models_state = status_route.model_states(manager)
         ready = manager.ready()
         return JSONResponse(
             {"ready": ready, "models": models_state}, status_code=200 if ready else 503

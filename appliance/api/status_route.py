@@ -35,10 +35,10 @@ class _GpuCache:
 _gpus = _GpuCache()
 
 
-def live_of(app: Any) -> document.Live:
-    manager: ModelManager = app.state.models
+def model_states(manager: ModelManager) -> dict[str, dict[str, Any]]:
+    """Each active model: version, loaded, device, load error (also ``/readyz``'s body)."""
     loaded = manager.loaded()
-    models = {
+    return {
         spec.name: {
             "version": spec.version,
             "loaded": spec.name in loaded,
@@ -47,6 +47,12 @@ def live_of(app: Any) -> document.Live:
         }
         for spec in manager.specs()
     }
+
+
+def live_of(app: Any) -> document.Live:
+    manager: ModelManager = app.state.models
+    loaded = manager.loaded()
+    models = model_states(manager)
     forwarding = app.state.forwarding
     return document.Live(
         pid=os.getpid(),

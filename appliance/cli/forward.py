@@ -30,18 +30,10 @@ async def _sync(once: bool) -> DrainReport:
     total = DrainReport()
     try:
         while True:
-            await forwarding.monitor.probe_due()
-            report = await forwarding.engine.drain_once()
-            total.sent += report.sent
-            total.retried += report.retried
-            total.failed += report.failed
-            total.expired += report.expired
-            total.errors += report.errors
-            total.waiting = report.waiting
-            if report.sent + report.retried + report.failed == 0:
-                if once:
-                    return total
-                await asyncio.sleep(settings.sync.interval_s)
+            total.add(await forwarding.drain())
+            if once:
+                return total
+            await asyncio.sleep(settings.sync.interval_s)
     finally:
         await forwarding.aclose()
 

@@ -41,6 +41,15 @@ class DrainReport:
     waiting: str | None = None  # why nothing was taken (budget, no uplink)
     errors: list[str] = field(default_factory=list)  # one line per failure, no payloads
 
+    def add(self, other: DrainReport) -> None:
+        """Count `other` in (rounds of one drain); its waiting reason is the latest."""
+        self.sent += other.sent
+        self.retried += other.retried
+        self.failed += other.failed
+        self.expired += other.expired
+        self.errors += other.errors
+        self.waiting = other.waiting
+
 
 def cost_usd(
     policy: Policy, upstream: UpstreamSettings, prompt_tokens: int, completion_tokens: int

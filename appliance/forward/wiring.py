@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.forward import uplinks
-from appliance.forward.engine import SyncEngine
+from appliance.forward.engine import DrainReport, SyncEngine
 from appliance.forward.escalator import OutboxEscalator
 from appliance.home import Home
 from appliance.outbox import Outbox
@@ -35,6 +35,16 @@ class Forwarding:
             self.engine.run(stop),
             uplinks.keep(self.home, self.monitor, stop),
         )
+
+    async def drain(self) -> DrainReport:
+        """Probe what is due and send until a round sends nothing (`sync --once`, relays)."""
+        total = DrainReport()
+        while True:
+            await self.monitor.probe_due()
+            report = await self.engine.drain_once()
+            total.add(report)
+            if report.sent + report.retried + report.failed == 0:
+                return total
 
     async def aclose(self) -> None:
         for client in self.clients.values():

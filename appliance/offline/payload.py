@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.offline.errors import OfflineError
-from appliance.outbox.model import OutboxItem
+from appliance.outbox.model import OutboxItem, OutboxResult
 
 _Text = Annotated[str, Field(max_length=4 * 1024 * 1024)]
 _Id = Annotated[str, Field(min_length=36, max_length=36)]
@@ -146,4 +146,16 @@ def upstream_answer(answer: Answer) -> UpstreamAnswer:
         prompt_tokens=answer.prompt_tokens,
         completion_tokens=answer.completion_tokens,
         finish_reason=answer.finish_reason,
+    )
+
+
+def answer_of(result: OutboxResult) -> Answer:
+    """A stored upstream answer as a result batch carries it (cost stays each side's own)."""
+    return Answer(
+        text=result.text,
+        upstream=result.upstream,
+        model=result.model,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        finish_reason=result.finish_reason,
     )

@@ -154,16 +154,10 @@ async def _send(home: Home, settings: Settings, policy: Policy, report: RelayRep
         return
     forwarding = build(home, settings, lambda: policy, "relay")
     try:
-        while True:
-            await forwarding.monitor.probe_due()
-            drained = await forwarding.engine.drain_once()
-            report.sent += drained.sent
-            report.retried += drained.retried
-            report.failed += drained.failed
-            report.errors += drained.errors
-            report.waiting = drained.waiting
-            if drained.sent + drained.retried + drained.failed == 0:
-                return
+        drained = await forwarding.drain()
+        report.sent, report.retried, report.failed = drained.sent, drained.retried, drained.failed
+        report.errors += drained.errors
+        report.waiting = drained.waiting
     finally:
         await forwarding.aclose()
         forwarding.outbox.close()
@@ -205,18 +199,7 @@ def _result(outbox: Outbox, item_id: str, state: str) -> payload.Result:
     if state == "done":
         answer = outbox.result(item_id)
         if answer is not None:
-            return payload.Result(
-                id=item_id,
-                outcome="done",
-                answer=payload.Answer(
-                    text=answer.text,
-                    upstream=answer.upstream,
-                    model=answer.model,
-                    prompt_tokens=answer.prompt_tokens,
-                    completion_tokens=answer.completion_tokens,
-                    finish_reason=answer.finish_reason,
-                ),
-            )
+            return payload.Result(id=item_id, outcome="done", answer=payload.answer_of(answer))
     item = outbox.get(item_id)
     error = item.last_error if item is not None else None
     if state == "failed":
