@@ -78,6 +78,7 @@ class SyncSettings(_Strict):
     backoff_base_s: float = Field(default=2.0, gt=0)  # seconds before the first retry
     backoff_max_s: float = Field(default=900.0, gt=0)  # the longest wait between retries
     batch: int = Field(default=8, ge=1)  # items taken per drain round
+    concurrency: int = Field(default=4, ge=1)  # items of a round in flight at once
 
 
 class OfflineSettings(_Strict):

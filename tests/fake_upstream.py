@@ -110,6 +110,7 @@ class FakeUpstream:
         self.model = model
         self.reply: Callable[[dict[str, Any]], str] = default_reply
         self.accepted_keys: Counter[str] = Counter()
+        self.latency_s = 0.0  # seconds before each answer (not probes), like a real API
         self.loop_errors: list[str] = []  # what the server loop swallowed (TLS refusals…)
         self._tls = tls
         self._lock = threading.Lock()
@@ -316,6 +317,8 @@ class FakeUpstream:
         if self._down:
             return False
         keep_alive = request.headers.get("connection", "").lower() != "close"
+        if self.latency_s and request.method != "GET":
+            await asyncio.sleep(self.latency_s)  # a real API thinks for a while
         fault = self._take_fault(probe=request.method == "GET")
         kind = fault.kind if fault else None
         if fault is not None and kind == "drop":

@@ -163,6 +163,35 @@ def test_the_daily_budget_stops_escalations(home: Home, fake: FakeUpstream, tmp_
     assert f.outbox.counts()["queued"] >= 1
 
 
+def test_a_round_sends_several_items_at_once(home: Home, fake: FakeUpstream, tmp_path: Path):
+    """A real API takes seconds per answer: sends overlap, up to sync.concurrency."""
+    settings = _settings(fake, tmp_path / "key")
+    settings = settings.model_copy(
+        update={"sync": settings.sync.model_copy(update={"batch": 8, "concurrency": 3})}
+    )
+    f = _forwarding(home, settings)
+    for _ in range(8):
+        f.outbox.enqueue(_item())
+    client = f.clients["cloud"]
+    original = client.complete
+    now, most = 0, 0
+
+    async def slow_complete(item):  # the real client, held open a moment like a real API
+        nonlocal now, most
+        now += 1
+        most = max(most, now)
+        try:
+            await asyncio.sleep(0.05)
+            return await original(item)
+        finally:
+            now -= 1
+
+    client.complete = slow_complete  # type: ignore[method-assign]
+    report = asyncio.run(_drain(f))
+    assert report.sent == 8 and most == 3
+    assert f.outbox.counts()["done"] == 8
+
+
 def test_no_uplink_means_nothing_is_taken(home: Home, fake: FakeUpstream, tmp_path: Path):
     fake.down()
     f = _forwarding(home, _settings(fake, tmp_path / "key"))

@@ -8,6 +8,13 @@ exponential backoff plus jitter, never sooner than the upstream's ``Retry-After`
 permanent one (400, 401, 403, 404, 413, 422) marks it failed with the reason, since sending
 it again would fail again. When the policy's daily budget is spent, nothing is taken until
 the next UTC day, and ``status`` says why.
+
+Up to ``sync.concurrency`` items of a round are in flight at once: a proprietary API takes
+seconds per answer, so a backlog after days offline would otherwise drain at a handful of
+items a minute. Under a daily budget a send starts only while the budget left covers the
+worst case of everything in flight plus this item (its prompt and all of its max_tokens);
+otherwise it waits for those answers to land and looks again, so near the end of the budget
+sends go one at a time, as before concurrency.
 """
 
 from __future__ import annotations
@@ -166,17 +173,52 @@ class SyncEngine:
         items = await asyncio.to_thread(
             self.outbox.claim, self.owner, self.settings.sync.batch, live
         )
-        for index, item in enumerate(items):
-            reason = await asyncio.to_thread(self.budget_reason) if index else None
-            if reason is not None:  # the budget ran out during this round: give the rest back
-                for rest in items[index:]:
-                    await asyncio.to_thread(
-                        self.outbox.release, rest.id, self.owner, reason, self.clock()
-                    )
-                self.waiting = report.waiting = reason
-                break
-            await self._deliver(item, report)
+        slots = asyncio.Semaphore(self.settings.sync.concurrency)
+        landed = asyncio.Condition()
+        in_flight: dict[str, float] = {}  # item id -> the most it can cost
+        spent: list[str] = []  # the budget reason, once it runs out during this round
+
+        async def one(index: int, item: OutboxItem) -> None:
+            async with slots:  # started in claim order: priority, then age
+                worst = self.worst_cost(item)
+                async with landed:
+                    while not spent:
+                        budgeted = index and self.policy().budgets.daily_usd is not None
+                        left = await asyncio.to_thread(self.budget_left) if budgeted else None
+                        if left is not None and left <= 0:
+                            spent.append(await asyncio.to_thread(self.budget_reason) or "")
+                        elif (
+                            left is None or not in_flight or left - sum(in_flight.values()) >= worst
+                        ):
+                            break
+                        else:  # it might not fit beside what is in flight: let that land first
+                            await landed.wait()
+                    if spent:  # the budget ran out during this round: give the rest back
+                        await asyncio.to_thread(
+                            self.outbox.release, item.id, self.owner, spent[0], self.clock()
+                        )
+                        return
+                    in_flight[item.id] = worst
+                try:
+                    await self._deliver(item, report)
+                finally:
+                    async with landed:
+                        del in_flight[item.id]
+                        landed.notify_all()
+
+        await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        if spent:
+            self.waiting = report.waiting = spent[0]
         return report
+
+    def worst_cost(self, item: OutboxItem) -> float:
+        """The most `item` can cost: its prompt at ~3 characters a token, all of max_tokens."""
+        upstream = self.upstreams.get(item.upstream)
+        if upstream is None:
+            return 0.0
+        prompt = sum(len(m.get("content", "")) for m in item.messages) // 3 + 1
+        completion = int(item.params.get("max_tokens", 256))
+        return cost_usd(self.policy(), upstream, prompt, completion)
 
     async def _deliver(self, item: OutboxItem, report: DrainReport) -> None:
         try:
