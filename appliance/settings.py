@@ -91,6 +91,15 @@ class OfflineSettings(_Strict):
     max_batch_bytes: int = Field(default=64 * MiB, ge=64 * KiB)  # bytes per batch file
 
 
+class TcoSettings(_Strict):
+    """What running the box costs, for ``appliance report tco`` (0 = not counted)."""
+
+    hardware_usd_per_hour: float = Field(default=0.0, ge=0)  # amortised purchase and upkeep
+    power_watts: float = Field(default=0.0, ge=0)  # the box's draw under load, GPU excluded
+    electricity_usd_per_kwh: float = Field(default=0.15, ge=0)  # USD per kWh
+    gpu_power: bool = True  # add the GPUs' draw from nvidia-smi, when there is one
+
+
 class BundleLimits(_Strict):
     """Hard limits applied to every bundle before any byte is trusted."""
 
@@ -117,6 +126,7 @@ class Settings(_Strict):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     offline: OfflineSettings = Field(default_factory=OfflineSettings)
+    tco: TcoSettings = Field(default_factory=TcoSettings)
     # the policy file when no policy bundle is active; "" = the packaged policies/default.toml
     policy_file: str = ""
 

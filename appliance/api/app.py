@@ -32,6 +32,7 @@ from appliance.governance.escalation import Escalator, NoEscalator
 from appliance.home import Home
 from appliance.runtime.manager import ModelManager
 from appliance.settings import Settings
+from appliance.tco.ledger import Ledger
 from appliance.tokens import TokenStore
 
 log = logging.getLogger("appliance.daemon")
@@ -96,12 +97,15 @@ def create_app(
     models = models if models is not None else ModelManager(home, settings.runtime)
     policy = ActivePolicy(home, settings)
     audit = AuditLog(home)
+    ledger = Ledger(home, settings)
     analyzers = AnalyzerSlot(home)
     forwarding = None
     if escalator is None and settings.upstreams:
-        forwarding = build_forwarding(home, settings, lambda: policy.policy, "daemon")
+        forwarding = build_forwarding(home, settings, lambda: policy.policy, "daemon", ledger)
         escalator = forwarding.escalator
-    governor = Governor(policy, analyzers, escalator or NoEscalator(), audit, settings, models)
+    governor = Governor(
+        policy, analyzers, escalator or NoEscalator(), audit, settings, models, ledger
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -124,6 +128,7 @@ def create_app(
                 await forwarding.aclose()
             await asyncio.to_thread(models.close)
             await asyncio.to_thread(audit.close)
+            await asyncio.to_thread(ledger.close)
 
     app = FastAPI(
         title="Appliance", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from appliance.runtime.backend import GenerationRequest, GenerationResult, Token
 from appliance.runtime.manager import ModelManager, ModelWorker
 from appliance.settings import Settings
 from appliance.state import utc_now
+from appliance.tco.ledger import Ledger
 
 log = logging.getLogger("appliance.router")
 
@@ -69,6 +71,7 @@ class Inbound:
     device: str | None = None
     # the id the logs carry for this request (X-Request-Id), so audit rows and logs match
     request_id: str = field(default_factory=lambda: logs.request_id() or uuid.uuid4().hex)
+    started: float = field(default_factory=time.perf_counter)  # for the TCO ledger's wall time
 
 
 @dataclass
@@ -130,7 +133,9 @@ class Governor:
         audit: AuditLog,
         settings: Settings,
         models: ModelManager,
+        ledger: Ledger | None = None,
     ) -> None:
+        self.ledger = ledger
         self.active = policy
         self.analyzers = analyzers
         self.escalator = escalator
@@ -283,10 +288,13 @@ class Governor:
             assert plan.egress is not None
             item = self._escalation(inbound, plan, result.text, conf)
             await self._escalate(decided, item, verdict.sync, dict(plan.egress.mapping))
-        self.record(inbound, decided)
+        self.record(inbound, decided, result)
         return decided
 
-    def record(self, inbound: Inbound, decided: Decided) -> None:
+    def record(
+        self, inbound: Inbound, decided: Decided, local: GenerationResult | None = None
+    ) -> None:
+        """Audit the decision; count it in the TCO ledger with the local model's tokens."""
         self.audit.record(
             AuditRecord(
                 request_id=inbound.request_id,
@@ -303,6 +311,18 @@ class Governor:
                 device=inbound.device,
             )
         )
+        if self.ledger is not None:
+            self.ledger.request(
+                self.active.policy,
+                request_id=inbound.request_id,
+                model=inbound.model,
+                route=decided.route,
+                device=inbound.device,
+                upstream=decided.upstream,
+                prompt_tokens=local.prompt_tokens if local else 0,
+                completion_tokens=local.completion_tokens if local else 0,
+                seconds=time.perf_counter() - inbound.started,
+            )
 
     def wants_confidence(self, plan: router.Plan) -> bool:
         return router.wants_confidence(self.active.policy, plan)

@@ -13,6 +13,7 @@ from appliance.cli import (
     offline,
     outbox,
     policy,
+    report,
     tokens,
     trust,
 )
@@ -28,6 +29,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(forward.distill_app, name="distill")
 app.add_typer(offline.relay_app, name="relay")
+app.add_typer(report.app, name="report")
 outbox.app.command("export")(offline.export)
 outbox.app.command("import")(offline.import_)
 offline.relay_app.command("process")(offline.relay_process)

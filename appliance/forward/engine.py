@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.outbox import Outbox, OutboxItem
 from appliance.policy.schema import Policy
 from appliance.settings import Settings, UpstreamSettings
+from appliance.tco.ledger import Ledger
 from appliance.upstream import UplinkMonitor, UpstreamClient, UpstreamError
 
 log = logging.getLogger("appliance.sync")
@@ -112,7 +114,9 @@ class SyncEngine:
         owner: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
+        self.ledger = ledger
         self.outbox, self.clients, self.monitor = outbox, clients, monitor
         self.settings, self.policy, self.owner = settings, policy, owner
         self.clock = clock
@@ -145,6 +149,7 @@ class SyncEngine:
         client = self.clients.get(item.upstream)
         if client is None:
             raise UpstreamError(f"upstream {item.upstream!r} is not configured", retryable=False)
+        started = time.perf_counter()
         try:
             answer = await client.complete(item)
         except UpstreamError as e:
@@ -154,7 +159,17 @@ class SyncEngine:
         self.monitor.mark_up(item.upstream)
         upstream = self.upstreams[item.upstream]
         cost = cost_usd(self.policy(), upstream, answer.prompt_tokens, answer.completion_tokens)
-        await asyncio.to_thread(self.outbox.complete, item.id, self.owner, answer, cost)
+        first = await asyncio.to_thread(self.outbox.complete, item.id, self.owner, answer, cost)
+        if first and self.ledger is not None:  # a repeat answer was not paid twice
+            self.ledger.upstream_answer(
+                self.policy(),
+                request_id=item.id,
+                upstream=item.upstream,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                cost_usd=cost,
+                seconds=time.perf_counter() - started,
+            )
         self.last_sync_at = self.clock()
         return answer
 

@@ -16,6 +16,7 @@ from appliance.home import Home
 from appliance.outbox import Outbox
 from appliance.policy.schema import Policy
 from appliance.settings import Settings
+from appliance.tco.ledger import Ledger
 from appliance.upstream import UplinkMonitor, UpstreamClient
 
 
@@ -27,6 +28,8 @@ class Forwarding:
     monitor: UplinkMonitor
     engine: SyncEngine
     escalator: OutboxEscalator
+    ledger: Ledger
+    owns_ledger: bool
 
     async def run(self, stop: asyncio.Event) -> None:
         """Probe the uplinks and drain the outbox until `stop` is set."""
@@ -50,10 +53,24 @@ class Forwarding:
         for client in self.clients.values():
             with contextlib.suppress(Exception):
                 await client.aclose()
+        if self.owns_ledger:
+            await asyncio.to_thread(self.ledger.close)
 
 
-def build(home: Home, settings: Settings, policy: Callable[[], Policy], role: str) -> Forwarding:
-    """Everything store-and-forward needs; `role` names the lease owner ("daemon", "cli")."""
+def build(
+    home: Home,
+    settings: Settings,
+    policy: Callable[[], Policy],
+    role: str,
+    ledger: Ledger | None = None,
+) -> Forwarding:
+    """Everything store-and-forward needs; `role` names the lease owner ("daemon", "cli").
+
+    Upstream answers go into `ledger` (the daemon shares its own); without one, a ledger is
+    made here and closed by ``aclose``.
+    """
+    owns_ledger = ledger is None
+    ledger = ledger if ledger is not None else Ledger(home, settings)
     outbox = Outbox(home, settings.outbox)
     clients = {
         u.name: UpstreamClient(
@@ -65,5 +82,7 @@ def build(home: Home, settings: Settings, policy: Callable[[], Policy], role: st
     }
     monitor = UplinkMonitor(clients, settings.sync)
     owner = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    engine = SyncEngine(outbox, clients, monitor, settings, policy, owner)
-    return Forwarding(home, outbox, clients, monitor, engine, OutboxEscalator(engine))
+    engine = SyncEngine(outbox, clients, monitor, settings, policy, owner, ledger=ledger)
+    return Forwarding(
+        home, outbox, clients, monitor, engine, OutboxEscalator(engine), ledger, owns_ledger
+    )

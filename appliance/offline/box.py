@@ -23,6 +23,7 @@ from appliance.outbox import Outbox, OutboxItem
 from appliance.outbox.model import fmt_time
 from appliance.policy.schema import Policy
 from appliance.settings import Settings, UpstreamSettings
+from appliance.tco.ledger import Ledger as TcoLedger
 
 OWNER = "offline-import"
 _ROOM = 0.7  # share of max_batch_bytes the payload may fill (base64 and JSON add ~35%)
@@ -129,6 +130,26 @@ def import_results(
     me = Identity(home, settings.offline.name)
     upstreams = {u.name: u for u in settings.upstreams}
     report = ImportReport()
+    tco = TcoLedger(home, settings, gpu=None)
+    try:
+        _import_all(home, settings, policy, folder, relay, me, upstreams, tco, report, clock)
+    finally:
+        tco.close()
+    return report
+
+
+def _import_all(
+    home: Home,
+    settings: Settings,
+    policy: Policy,
+    folder: Path,
+    relay: Card,
+    me: Identity,
+    upstreams: dict[str, UpstreamSettings],
+    tco: TcoLedger,
+    report: ImportReport,
+    clock: Callable[[], datetime],
+) -> None:
     with Outbox(home, settings.outbox) as outbox, Ledger(home) as ledger:
         for path in files.batch_files(folder):
             try:
@@ -145,7 +166,7 @@ def import_results(
                 report.refused.append(str(e))
                 continue
             for result in results.results:
-                _apply(result, outbox, ledger, policy, upstreams, report)
+                _apply(result, outbox, ledger, policy, upstreams, tco, report)
             ledger.record(
                 Batch(
                     opened.header.batch_id,
@@ -161,7 +182,6 @@ def import_results(
             report.batches += 1
             if warning := files.mark_taken(path):
                 report.warnings.append(warning)
-    return report
 
 
 def _apply(
@@ -170,6 +190,7 @@ def _apply(
     ledger: Ledger,
     policy: Policy,
     upstreams: dict[str, UpstreamSettings],
+    tco: TcoLedger,
     report: ImportReport,
 ) -> None:
     item = outbox.get(result.id)
@@ -184,6 +205,14 @@ def _apply(
         cost = cost_usd(policy, upstream, answer.prompt_tokens, answer.completion_tokens)
         if outbox.complete(item.id, OWNER, answer, cost):
             report.answered += 1
+            tco.upstream_answer(
+                policy,
+                request_id=item.id,
+                upstream=item.upstream,
+                prompt_tokens=answer.prompt_tokens,
+                completion_tokens=answer.completion_tokens,
+                cost_usd=cost,
+            )
         else:
             report.duplicates += 1
     elif result.outcome == "failed":

@@ -1,0 +1,91 @@
+"""`appliance report tco`: token economics, local vs what the proprietary API would cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from appliance.cli.common import JSON_OPTION, console, home, print_json
+from appliance.tco import report as tco_report
+
+app = typer.Typer(help="Reports from the box's ledgers.", no_args_is_help=True)
+BAR_WIDTH = 40  # characters of the longest bar
+DAYS_SHOWN = 14
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.4f}" if abs(value) < 1 else f"${value:,.2f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+@app.command("tco")
+def tco(
+    as_json: bool = JSON_OPTION,
+    since: str | None = typer.Option(
+        None, "--since", help="Only from this UTC date (YYYY-MM-DD) or ISO time on."
+    ),
+) -> None:
+    """Tokens served locally vs escalated, what each cost, and the net savings."""
+    floor = tco_report.parse_since(since) if since else None
+    document = tco_report.build(home(), floor)
+    if as_json:
+        print_json(document)
+        return
+    console.print(_table(document))
+    console.print(_chart(document["days"][-DAYS_SHOWN:]))
+    if not document["priced_against"]:
+        console.print(
+            "no upstream price known: local tokens are priced at $0 (add [[upstreams]] prices "
+            "or a [prices] table to the policy)",
+            markup=False,
+        )
+
+
+def _table(d: dict[str, Any]) -> Table:
+    title = "token economics" + (f" since {d['since']}" if d["since"] else "")
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    requests = d["requests"]
+    table.add_row(
+        "requests",
+        f"{requests['local']} local, {requests['queued']} queued, "
+        f"{requests['escalated']} escalated, {requests['refused']} refused",
+    )
+    table.add_row("tokens served locally", f"{d['served_locally']['tokens']:,}")
+    table.add_row("tokens escalated", f"{d['escalated']['tokens']:,}")
+    table.add_row("escalated answers cost", _usd(d["escalated"]["cost_usd"]))
+    table.add_row("local tokens at API prices", _usd(d["api_cost_avoided_usd"]))
+    table.add_row(f"local cost ({d['local_hours']:.2f} h of compute)", _usd(d["local_cost_usd"]))
+    table.add_row(Text("net savings", style="bold"), Text(_usd(d["net_savings_usd"]), "bold"))
+    table.add_row(
+        "local share",
+        f"{_share(d['local_share']['requests'])} of requests, "
+        f"{_share(d['local_share']['tokens'])} of tokens",
+    )
+    table.add_row("escalation rate", _share(d["escalation_rate"]))
+    if d["priced_against"]:
+        table.add_row("priced against", ", ".join(d["priced_against"]))
+    return table
+
+
+def _chart(days: list[dict[str, Any]]) -> Table:
+    chart = Table(title="tokens per day", title_justify="left", show_header=False, box=None)
+    chart.add_column()
+    chart.add_column()
+    most = max((day["local_tokens"] + day["escalated_tokens"] for day in days), default=0)
+    for day in days:
+        local = round(BAR_WIDTH * day["local_tokens"] / most) if most else 0
+        remote = round(BAR_WIDTH * day["escalated_tokens"] / most) if most else 0
+        bar = Text.assemble(("█" * local, "green"), ("█" * remote, "yellow"))
+        bar.append(f" {day['local_tokens']:,} local / {day['escalated_tokens']:,} escalated")
+        chart.add_row(day["day"], bar)
+    if not days:
+        chart.add_row("", "no requests in the ledger yet")
+    return chart

@@ -1,0 +1,212 @@
+"""The TCO ledger: a row per request answered by the daemon, a row per upstream answer.
+
+Two kinds of rows in the ``tco_ledger`` table of state.db:
+
+- ``kind = 'request'`` (written by the daemon when it decides a request): the model, the
+  route (``local``, ``escalated``, ``queued``, ``refused``), the tokens the local model read
+  and wrote, the wall time, what running the box cost for that time (``local_cost_usd``),
+  and what those local tokens would have cost on the API (``api_cost_usd``, at the price the
+  policy's table gives for the upstream this request would have gone to);
+- ``kind = 'upstream'`` (written by whoever received the answer: the daemon's sync engine,
+  ``appliance sync``, ``outbox import``): the upstream, its tokens, and what it cost.
+
+So a request escalated at once has a request row (its local attempt, if any) and an upstream
+row; a queued one gets its upstream row later, when it is synced. Rows are written off the
+request path by a ``RowWriter``. Local cost is wall time x (hardware USD/hour + (box W + GPU W)
+x USD/kWh / 1000); the GPUs' draw comes from ``nvidia-smi``, sampled in the background.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from appliance.home import Home
+from appliance.rowwriter import RowWriter
+from appliance.settings import Settings, UpstreamSettings
+from appliance.state import utc_now
+
+if TYPE_CHECKING:
+    from appliance.policy.schema import Policy
+
+TABLE = "tco_ledger"
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('request', 'upstream')),
+        request_id TEXT,
+        model TEXT,
+        route TEXT,
+        device TEXT,
+        upstream TEXT,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        wall_ms REAL NOT NULL,
+        api_price_in REAL NOT NULL,
+        api_price_out REAL NOT NULL,
+        api_cost_usd REAL NOT NULL,
+        local_cost_usd REAL NOT NULL
+    )""",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at)",
+)
+GPU_SAMPLE_S = 10.0  # seconds between nvidia-smi power readings
+
+
+def api_cost(price_in: float, price_out: float, prompt: int, completion: int) -> float:
+    """USD for these tokens at these prices (USD per million tokens)."""
+    return (prompt * price_in + completion * price_out) / 1_000_000
+
+
+class GpuPower:
+    """The GPUs' total draw in watts, read by a background thread (never on a request)."""
+
+    def __init__(self, read: Callable[[], list[dict[str, object]]] | None = None) -> None:
+        if read is None:
+            from appliance.status.hardware import gpus
+
+            read = gpus
+        self._read = read
+        self.watts = 0.0
+        self._stop = threading.Event()
+        self._sample()
+        self._thread: threading.Thread | None = None
+        if self.watts > 0:  # a GPU that reports its power: keep reading it
+            self._thread = threading.Thread(target=self._run, name="gpu-power", daemon=True)
+            self._thread.start()
+
+    def _sample(self) -> None:
+        try:
+            self.watts = sum(float(g.get("power_watts") or 0.0) for g in self._read())  # type: ignore[arg-type]
+        except Exception:  # a flaky nvidia-smi must not stop the ledger
+            self.watts = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(GPU_SAMPLE_S):
+            self._sample()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class Ledger:
+    """One per process that serves requests or receives upstream answers."""
+
+    def __init__(
+        self,
+        home: Home,
+        settings: Settings,
+        gpu: GpuPower | None = None,
+        clock: Callable[[], str] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._writer = RowWriter(home, TABLE, SCHEMA)
+        self._gpu = gpu if gpu is not None else (GpuPower() if settings.tco.gpu_power else None)
+        self._upstreams = {u.name: u for u in settings.upstreams}
+
+    # -- prices ----------------------------------------------------------------------------
+
+    def reference(self, policy: Policy, upstream: str | None) -> tuple[str | None, float, float]:
+        """The upstream whose price a local answer is compared with, and its prices.
+
+        The one named (the request's route), else the first external upstream configured,
+        else the first configured, else the first in the policy's price table; none: 0.
+        """
+        chosen: UpstreamSettings | None = self._upstreams.get(upstream or "")
+        if chosen is None:
+            external = [u for u in self._upstreams.values() if u.perimeter == "external"]
+            chosen = (external or list(self._upstreams.values()) or [None])[0]
+        if chosen is not None:
+            price_in, price_out = policy.price_for(
+                chosen.name, chosen.price_input_per_mtok, chosen.price_output_per_mtok
+            )
+            return chosen.name, price_in, price_out
+        for name, price in policy.prices.items():
+            return name, price.input_per_mtok or 0.0, price.output_per_mtok or 0.0
+        return None, 0.0, 0.0
+
+    def local_cost(self, seconds: float) -> float:
+        """What running the box for `seconds` cost."""
+        tco = self.settings.tco
+        watts = tco.power_watts + (self._gpu.watts if self._gpu is not None else 0.0)
+        per_hour = tco.hardware_usd_per_hour + watts * tco.electricity_usd_per_kwh / 1000
+        return seconds * per_hour / 3600
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def request(
+        self,
+        policy: Policy,
+        *,
+        request_id: str,
+        model: str,
+        route: str,
+        device: str | None,
+        upstream: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        seconds: float,
+    ) -> None:
+        """A request the daemon decided; tokens are the local model's (0 when it did not run)."""
+        name, price_in, price_out = self.reference(policy, upstream)
+        ran = prompt_tokens + completion_tokens > 0
+        self._writer.write(
+            {
+                "at": self._clock(),
+                "kind": "request",
+                "request_id": request_id,
+                "model": model,
+                "route": route,
+                "device": device,
+                "upstream": name,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "wall_ms": round(seconds * 1000, 3),
+                "api_price_in": price_in,
+                "api_price_out": price_out,
+                "api_cost_usd": api_cost(price_in, price_out, prompt_tokens, completion_tokens),
+                "local_cost_usd": self.local_cost(seconds) if ran else 0.0,
+            }
+        )
+
+    def upstream_answer(
+        self,
+        policy: Policy,
+        *,
+        request_id: str,
+        upstream: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost_usd: float,
+        seconds: float = 0.0,
+    ) -> None:
+        """An answer received from an upstream (now, by sync, or by USB import)."""
+        _, price_in, price_out = self.reference(policy, upstream)
+        self._writer.write(
+            {
+                "at": self._clock(),
+                "kind": "upstream",
+                "request_id": request_id,
+                "model": None,
+                "route": "upstream",
+                "device": None,
+                "upstream": upstream,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "wall_ms": round(seconds * 1000, 3),
+                "api_price_in": price_in,
+                "api_price_out": price_out,
+                "api_cost_usd": cost_usd,
+                "local_cost_usd": 0.0,
+            }
+        )
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._gpu is not None:
+            self._gpu.close()
+        self._writer.close()
