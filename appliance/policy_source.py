@@ -64,8 +64,10 @@ def shipped_file(name: str) -> Path:
 def active_bundle(conn: sqlite3.Connection) -> tuple[str, str] | None:
     try:
         return conn.execute(ACTIVE_POLICY_BUNDLE).fetchone()  # type: ignore[no-any-return]
-    except sqlite3.OperationalError:  # a state.db without the bundle tables yet
-        return None
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):  # a state.db without the bundle tables yet
+            return None
+        raise
 
 
 def source_for(home: Home, policy_file: str, active: tuple[str, str] | None) -> PolicySource:

@@ -8,6 +8,7 @@ import traceback
 from appliance.cli import (
     bundle,
     daemon,
+    doctor,
     forward,
     keys,
     offline,
@@ -34,6 +35,7 @@ outbox.app.command("export")(offline.export)
 outbox.app.command("import")(offline.import_)
 offline.relay_app.command("process")(offline.relay_process)
 app.command("identity")(offline.identity)
+app.command("doctor")(doctor.doctor)
 app.command("status")(status_cli.status)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
