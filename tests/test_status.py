@@ -164,6 +164,7 @@ def test_a_healthy_daemon_says_so_and_the_cli_shows_the_same_document(
     code, doc = _status(daemon.home, monkeypatch, capsys, "--url", daemon.url)
     assert (code, doc["health"], doc["problems"]) == (0, "healthy", [])
     assert doc["daemon"]["up"] is True and doc["daemon"]["pid"] == os.getpid()
+    assert doc["daemon"]["rss_bytes"] > 200 * 1024 * 1024  # the model is in there
     [model] = doc["models"]
     assert (model["name"], model["loaded"], model["device"]) == (MODEL, True, "cpu")
     assert model["signers"] and model["files_changed"] == []
@@ -293,3 +294,34 @@ def test_the_console_script_takes_the_fast_path_for_status(home: Home, capsys):
     assert "config.toml" in capsys.readouterr().err
     assert _entry.main(["--version"]) == 0  # everything else: the full CLI
     assert "appliance" in capsys.readouterr().out
+
+
+def test_watch_refreshes_until_interrupted(home: Home):
+    """--watch redraws every 2 s on a terminal; Ctrl-C ends it with the last health."""
+    import pty
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "APPLIANCE_HOME": str(home.root), "COLUMNS": "200", "LINES": "60"}
+    url = f"http://127.0.0.1:{_closed_port()}"
+    master, slave = pty.openpty()  # a terminal, so that rich redraws in place
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "status", "--watch", "--url", url],
+        env=env,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 30
+    while screen.count(b"the daemon is not running") < 2 and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.5)[0]:
+            screen += os.read(master, 65536)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    os.close(master)
+    assert screen.count(b"the daemon is not running") >= 2  # drawn, then redrawn
+    assert process.returncode == 2

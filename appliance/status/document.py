@@ -125,6 +125,7 @@ def build(
         document["daemon"].update(
             pid=live.pid,
             uptime_s=round(time.time() - live.started_at, 1),
+            rss_bytes=hardware.process_rss(live.pid),
             queue_depth=live.queue_depth,
         )
     document["problems"] = advice.problems(document, settings)

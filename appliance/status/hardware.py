@@ -50,6 +50,14 @@ def machine(home: Path) -> dict[str, Any]:
     }
 
 
+def process_rss(pid: int) -> int | None:
+    """Resident memory of a process in bytes (the daemon's: its loaded models live there)."""
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.Error, OSError):
+        return None
+
+
 def temperatures() -> list[dict[str, Any]]:
     """Every temperature sensor psutil can read (Linux, FreeBSD); none elsewhere."""
     read = getattr(psutil, "sensors_temperatures", None)

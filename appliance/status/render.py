@@ -63,6 +63,8 @@ def render(doc: dict[str, Any]) -> RenderableType:
     line = f"daemon  {'up' if up else 'DOWN'} at {daemon.get('url', '?')}"
     if up and daemon.get("uptime_s") is not None:
         line += f", pid {daemon.get('pid')}, up {_age(daemon['uptime_s'])}"
+        if daemon.get("rss_bytes"):
+            line += f", {_size(daemon['rss_bytes'])} resident (models included)"
     parts.append(Text(line))
 
     models = _table("models", "name", "version", "kind", "signers", "verified", "where", "size")
