@@ -71,7 +71,6 @@ class Inbound:
     device: str | None = None
     # the id the logs carry for this request (X-Request-Id), so audit rows and logs match
     request_id: str = field(default_factory=lambda: logs.request_id() or uuid.uuid4().hex)
-    started: float = field(default_factory=time.perf_counter)  # for the TCO ledger's wall time
 
 
 @dataclass
@@ -272,6 +271,7 @@ class Governor:
         streamed: bool,
     ) -> Decided:
         """After the local answer: does it stand? Escalates or queues as the verdict says."""
+        ran_until = time.perf_counter()  # the local run's end, before any upstream wait
         policy = self.active.policy
         cascade = policy.cascade
         conf = confidence(
@@ -288,13 +288,22 @@ class Governor:
             assert plan.egress is not None
             item = self._escalation(inbound, plan, result.text, conf)
             await self._escalate(decided, item, verdict.sync, dict(plan.egress.mapping))
-        self.record(inbound, decided, result)
+        reference = plan.upstream.name if plan.upstream is not None else None
+        self.record(inbound, decided, result, ran_until, reference)
         return decided
 
     def record(
-        self, inbound: Inbound, decided: Decided, local: GenerationResult | None = None
+        self,
+        inbound: Inbound,
+        decided: Decided,
+        local: GenerationResult | None = None,
+        ran_until: float | None = None,
+        reference: str | None = None,
     ) -> None:
-        """Audit the decision; count it in the TCO ledger with the local model's tokens."""
+        """Audit the decision; count it in the TCO ledger with the local model's run.
+
+        `reference` is the upstream the plan named, whose price the local tokens are worth.
+        """
         self.audit.record(
             AuditRecord(
                 request_id=inbound.request_id,
@@ -318,10 +327,11 @@ class Governor:
                 model=inbound.model,
                 route=decided.route,
                 device=inbound.device,
-                upstream=decided.upstream,
+                upstream=decided.upstream or reference,
                 prompt_tokens=local.prompt_tokens if local else 0,
                 completion_tokens=local.completion_tokens if local else 0,
-                seconds=time.perf_counter() - inbound.started,
+                seconds=local.seconds if local else 0.0,
+                ended=ran_until,
             )
 
     def wants_confidence(self, plan: router.Plan) -> bool:

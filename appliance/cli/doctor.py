@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import typer
 from rich.table import Table
 from rich.text import Text
 
 from appliance.cli.common import JSON_OPTION, console, home, print_json
-from appliance.doctor import run_checks
+from appliance.doctor import failed, run_checks
 
 _STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 
 def doctor(as_json: bool = JSON_OPTION) -> None:
-    """Check trust store, key files, bundle hashes, state.db, disk and clock; exit 1 on a fail."""
+    """Check trust store, key files, bundle hashes, state.db, disk, clock, config; 1 on a fail."""
     checks = run_checks(home())
-    failed = any(c.status == "fail" for c in checks)
     if as_json:
         print_json([c.to_json() for c in checks])
     else:
@@ -23,9 +24,16 @@ def doctor(as_json: bool = JSON_OPTION) -> None:
         for column in ("", "check", "detail", "fix"):
             table.add_column(column, overflow="fold")
         for c in checks:
-            table.add_row(Text(c.status.upper(), _STYLE[c.status]), c.name, c.detail, c.fix)
+            table.add_row(
+                Text(c.status.upper(), _STYLE[c.status]), Text(c.name), Text(c.detail), Text(c.fix)
+            )
         console.print(table)
-        summary = "problems found: fix the FAIL lines" if failed else "the install looks sound"
-        console.print(summary, markup=False)
-    if failed:
+        counts = Counter(c.status for c in checks)
+        verdict = "problems found: fix the FAIL lines" if failed(checks) else "the install is sound"
+        console.print(
+            f"{counts['pass']} passed, {counts['warn']} warning(s), {counts['fail']} failed: "
+            f"{verdict}",
+            markup=False,
+        )
+    if failed(checks):
         raise typer.Exit(1)

@@ -9,6 +9,9 @@ from rich.table import Table
 from rich.text import Text
 
 from appliance.cli.common import JSON_OPTION, console, home, print_json
+from appliance.errors import ConfigError
+from appliance.home import Home
+from appliance.settings import load_settings
 from appliance.tco import report as tco_report
 
 app = typer.Typer(help="Reports from the box's ledgers.", no_args_is_help=True)
@@ -17,7 +20,14 @@ DAYS_SHOWN = 14
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.4f}" if abs(value) < 1 else f"${value:,.2f}"
+    digits = 2 if value == 0 or abs(value) >= 1 else 4 if abs(value) >= 0.01 else 6
+    return ("-" if value < 0 else "") + f"${abs(value):,.{digits}f}"
+
+
+def _duration(hours: float) -> str:
+    if hours < 1 / 60:
+        return f"{hours * 3600:.1f} s"
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:,.1f} h"
 
 
 def _share(value: float | None) -> str:
@@ -28,23 +38,30 @@ def _share(value: float | None) -> str:
 def tco(
     as_json: bool = JSON_OPTION,
     since: str | None = typer.Option(
-        None, "--since", help="Only from this UTC date (YYYY-MM-DD) or ISO time on."
+        None,
+        "--since",
+        help="Only from this UTC date (YYYY-MM-DD) or ISO time (UTC unless it has a zone) on.",
     ),
 ) -> None:
     """Tokens served locally vs escalated, what each cost, and the net savings."""
-    floor = tco_report.parse_since(since) if since else None
-    document = tco_report.build(home(), floor)
+    floor = tco_report.parse_since(since) if since is not None else None
+    h = home()
+    document = tco_report.build(h, floor, _configured_upstreams(h))
     if as_json:
         print_json(document)
         return
     console.print(_table(document))
     console.print(_chart(document["days"][-DAYS_SHOWN:]))
-    if not document["priced_against"]:
-        console.print(
-            "no upstream price known: local tokens are priced at $0 (add [[upstreams]] prices "
-            "or a [prices] table to the policy)",
-            markup=False,
-        )
+    if document["pricing_note"]:
+        console.print(document["pricing_note"], markup=False)
+
+
+def _configured_upstreams(h: Home) -> list[str] | None:
+    """config.toml's upstream names, for the pricing note; None when it cannot be read."""
+    try:
+        return [u.name for u in load_settings(h.config_file).upstreams]
+    except ConfigError:  # the ledger is the report's source; a broken config only costs the note
+        return None
 
 
 def _table(d: dict[str, Any]) -> Table:
@@ -55,14 +72,18 @@ def _table(d: dict[str, Any]) -> Table:
     requests = d["requests"]
     table.add_row(
         "requests",
-        f"{requests['local']} local, {requests['queued']} queued, "
-        f"{requests['escalated']} escalated, {requests['refused']} refused",
+        f"{requests['local']} local, {requests['escalated']} escalated, "
+        f"{requests['queued']} queued, {requests['refused']} refused",
     )
-    table.add_row("tokens served locally", f"{d['served_locally']['tokens']:,}")
-    table.add_row("tokens escalated", f"{d['escalated']['tokens']:,}")
-    table.add_row("escalated answers cost", _usd(d["escalated"]["cost_usd"]))
+    table.add_row("tokens served locally", f"{d['local']['tokens']:,}")
+    table.add_row(
+        "tokens escalated", f"{d['escalated']['tokens']:,} ({d['escalated']['answers']} answers)"
+    )
+    table.add_row("escalated tokens cost", _usd(d["escalated"]["cost_usd"]))
     table.add_row("local tokens at API prices", _usd(d["api_cost_avoided_usd"]))
-    table.add_row(f"local cost ({d['local_hours']:.2f} h of compute)", _usd(d["local_cost_usd"]))
+    table.add_row(
+        f"local cost ({_duration(d['local_run_hours'])} of model time)", _usd(d["local_cost_usd"])
+    )
     table.add_row(Text("net savings", style="bold"), Text(_usd(d["net_savings_usd"]), "bold"))
     table.add_row(
         "local share",
@@ -76,7 +97,12 @@ def _table(d: dict[str, Any]) -> Table:
 
 
 def _chart(days: list[dict[str, Any]]) -> Table:
-    chart = Table(title="tokens per day", title_justify="left", show_header=False, box=None)
+    chart = Table(
+        title="tokens per day ([green]█[/] local, [yellow]█[/] escalated)",
+        title_justify="left",
+        show_header=False,
+        box=None,
+    )
     chart.add_column()
     chart.add_column()
     most = max((day["local_tokens"] + day["escalated_tokens"] for day in days), default=0)

@@ -108,8 +108,8 @@ def _model_problems(document: dict[str, Any]) -> list[dict[str, str]]:
                 _problem(
                     f"bundle {name} was changed on disk after install: "
                     + "; ".join(model["files_changed"][:3]),
-                    f"run appliance doctor (it checks every hash); reinstall {model['name']} "
-                    f"from its signed bundle file, or appliance bundle rollback {model['name']}",
+                    f"run appliance doctor (it checks every hash); go back with appliance bundle "
+                    f"rollback {model['name']}, or install a newer signed version of it",
                 )
             )
         expires = model.get("expires")

@@ -4,21 +4,26 @@ Two kinds of rows in the ``tco_ledger`` table of state.db:
 
 - ``kind = 'request'`` (written by the daemon when it decides a request): the model, the
   route (``local``, ``escalated``, ``queued``, ``refused``), the tokens the local model read
-  and wrote, the wall time, what running the box cost for that time (``local_cost_usd``),
-  and what those local tokens would have cost on the API (``api_cost_usd``, at the price the
-  policy's table gives for the upstream this request would have gone to);
+  and wrote, its wall time (``wall_ms``, 0 when it did not run), what running the box for
+  that time cost (``local_cost_usd``), and what those local tokens would have cost on the API
+  (``api_cost_usd``, at the price the policy gives for ``upstream``: the one this request
+  went or would have gone to);
 - ``kind = 'upstream'`` (written by whoever received the answer: the daemon's sync engine,
-  ``appliance sync``, ``outbox import``): the upstream, its tokens, and what it cost.
+  ``appliance sync``, ``outbox import``): the upstream, the tokens it billed, and what they
+  cost.
 
 So a request escalated at once has a request row (its local attempt, if any) and an upstream
 row; a queued one gets its upstream row later, when it is synced. Rows are written off the
-request path by a ``RowWriter``. Local cost is wall time x (hardware USD/hour + (box W + GPU W)
-x USD/kWh / 1000); the GPUs' draw comes from ``nvidia-smi``, sampled in the background.
+request path by a ``RowWriter``. Local cost is busy seconds x (hardware USD/hour + (box W +
+GPU W) x USD/kWh / 1000) / 3600, where a second shared by runs that overlap (batching) is
+charged once (``BusyTime``); the GPUs' draw comes from ``nvidia-smi``, sampled in the
+background.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,6 +31,7 @@ from appliance.home import Home
 from appliance.rowwriter import RowWriter
 from appliance.settings import Settings, UpstreamSettings
 from appliance.state import utc_now
+from appliance.tco.busy import BusyTime
 
 if TYPE_CHECKING:
     from appliance.policy.schema import Policy
@@ -51,7 +57,7 @@ SCHEMA = (
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at)",
 )
-GPU_SAMPLE_S = 10.0  # seconds between nvidia-smi power readings
+GPU_SAMPLE_S = 5.0  # seconds between nvidia-smi power readings
 
 
 def api_cost(price_in: float, price_out: float, prompt: int, completion: int) -> float:
@@ -60,30 +66,43 @@ def api_cost(price_in: float, price_out: float, prompt: int, completion: int) ->
 
 
 class GpuPower:
-    """The GPUs' total draw in watts, read by a background thread (never on a request)."""
+    """The GPUs' total draw in watts, read by a background thread (never on a request).
 
-    def __init__(self, read: Callable[[], list[dict[str, object]]] | None = None) -> None:
+    The first reading is taken by that thread too, so building a ledger never waits for
+    ``nvidia-smi``; a machine without one (no GPU listed) stops the thread after it.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], list[dict[str, object]]] | None = None,
+        interval_s: float = GPU_SAMPLE_S,
+    ) -> None:
         if read is None:
             from appliance.status.hardware import gpus
 
             read = gpus
         self._read = read
+        self._interval = interval_s
         self.watts = 0.0
+        self.sampled = threading.Event()  # set after the first reading
         self._stop = threading.Event()
-        self._sample()
-        self._thread: threading.Thread | None = None
-        if self.watts > 0:  # a GPU that reports its power: keep reading it
-            self._thread = threading.Thread(target=self._run, name="gpu-power", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="gpu-power", daemon=True)
+        self._thread.start()
 
-    def _sample(self) -> None:
+    def _sample(self) -> bool:
+        """Read the draw; False when there is no GPU to read (no point asking again)."""
         try:
-            self.watts = sum(float(g.get("power_watts") or 0.0) for g in self._read())  # type: ignore[arg-type]
+            found = self._read()
+            self.watts = sum(float(g.get("power_watts") or 0.0) for g in found)  # type: ignore[arg-type]
         except Exception:  # a flaky nvidia-smi must not stop the ledger
             self.watts = 0.0
+            return True
+        return bool(found)
 
     def _run(self) -> None:
-        while not self._stop.wait(GPU_SAMPLE_S):
+        more = self._sample()
+        self.sampled.set()
+        while more and not self._stop.wait(self._interval):
             self._sample()
 
     def close(self) -> None:
@@ -105,19 +124,23 @@ class Ledger:
         self._writer = RowWriter(home, TABLE, SCHEMA)
         self._gpu = gpu if gpu is not None else (GpuPower() if settings.tco.gpu_power else None)
         self._upstreams = {u.name: u for u in settings.upstreams}
+        self._busy = BusyTime()
 
     # -- prices ----------------------------------------------------------------------------
 
     def reference(self, policy: Policy, upstream: str | None) -> tuple[str | None, float, float]:
         """The upstream whose price a local answer is compared with, and its prices.
 
-        The one named (the request's route), else the first external upstream configured,
-        else the first configured, else the first in the policy's price table; none: 0.
+        The one named (the request's, when configured), else the first in the policy's
+        upstream order (an external one first: the comparison is with a proprietary API),
+        else the first entry of the policy's price table; none: 0.
         """
         chosen: UpstreamSettings | None = self._upstreams.get(upstream or "")
         if chosen is None:
-            external = [u for u in self._upstreams.values() if u.perimeter == "external"]
-            chosen = (external or list(self._upstreams.values()) or [None])[0]
+            order = policy.upstream_order(list(self._upstreams)) or tuple(self._upstreams)
+            ordered = [self._upstreams[name] for name in order]
+            external = [u for u in ordered if u.perimeter == "external"]
+            chosen = (external or ordered or [None])[0]
         if chosen is not None:
             price_in, price_out = policy.price_for(
                 chosen.name, chosen.price_input_per_mtok, chosen.price_output_per_mtok
@@ -148,10 +171,17 @@ class Ledger:
         prompt_tokens: int,
         completion_tokens: int,
         seconds: float,
+        ended: float | None = None,
     ) -> None:
-        """A request the daemon decided; tokens are the local model's (0 when it did not run)."""
+        """A request the daemon decided.
+
+        Tokens and `seconds` are the local model's run (0 when it did not run), which ended
+        at `ended` (``time.perf_counter()``; default now): the box is charged for the part of
+        that run no other request's run already paid for.
+        """
         name, price_in, price_out = self.reference(policy, upstream)
-        ran = prompt_tokens + completion_tokens > 0
+        end = time.perf_counter() if ended is None else ended
+        busy = self._busy.charge(end - seconds, end) if seconds > 0 else 0.0
         self._writer.write(
             {
                 "at": self._clock(),
@@ -167,7 +197,7 @@ class Ledger:
                 "api_price_in": price_in,
                 "api_price_out": price_out,
                 "api_cost_usd": api_cost(price_in, price_out, prompt_tokens, completion_tokens),
-                "local_cost_usd": self.local_cost(seconds) if ran else 0.0,
+                "local_cost_usd": self.local_cost(busy),
             }
         )
 
@@ -207,6 +237,7 @@ class Ledger:
         self._writer.flush()
 
     def close(self) -> None:
+        """Stop the GPU sampler; write every row given so far."""
         if self._gpu is not None:
             self._gpu.close()
         self._writer.close()
