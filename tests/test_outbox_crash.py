@@ -6,6 +6,9 @@ sending; an escalation counts as *acknowledged* only when the device got a 200 w
 ``queued`` and its escalation id. The daemon is killed with SIGKILL at random moments, many
 times, and restarted: in half of the cycles the fake upstream is down (items pile up), in the
 other half it is up, so kills also land while the daemon is sending and completing items.
+The random delay runs from the cycle's first acknowledgement, not from ``/readyz``: the first
+answer after a start can take seconds on a busy 2-core box, and a kill before it would test
+an idle daemon.
 
 After the last restart: every acknowledged id is in the outbox, exactly once; all of them
 reach the upstream at least once; the upstream never accepted one idempotency key twice
@@ -35,8 +38,9 @@ from appliance.home import Home
 from tests.daemon import MODEL, gemma_source
 from tests.fake_upstream import FakeUpstream
 
-KILLS = 10
+KILLS = 8
 CLIENTS = 3
+FIRST_ACK_S = 60  # the longest a restarted daemon may take to acknowledge its first request
 SEED = 20261128
 POLICY = """
 schema = 1
@@ -57,6 +61,7 @@ class Load:
         self.url, self.prefix = url, prefix
         self.acked: list[str] = []
         self.sent = 0
+        self.first = threading.Event()  # set on the first acknowledgement
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [
@@ -96,6 +101,7 @@ class Load:
                 ):
                     with self._lock:
                         self.acked.append(response.headers["X-Appliance-Escalation-Id"])
+                    self.first.set()
 
 
 @pytest.fixture
@@ -166,9 +172,12 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
-def _rows(home: Home) -> list[tuple[str, str]]:
+def _rows(home: Home, *, check: bool = False) -> list[tuple[str, str]]:
+    """(id, state) of every outbox item, read-only; `check`: PRAGMA integrity_check first."""
     conn = sqlite3.connect(f"file:{home.state_db}?mode=ro", uri=True, timeout=10)
     try:
+        if check:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         return conn.execute("SELECT id, state FROM outbox").fetchall()
     finally:
         conn.close()
@@ -184,6 +193,7 @@ def test_sigkill_under_load_loses_nothing_and_charges_nothing_twice(
     log = tmp_path / "daemon.log"
     acked: list[str] = []
     sent = 0
+    waited = {"ready": 0.0, "first ack": 0.0, "drain": 0.0}  # seconds, for the summary
     process = _start(home, log)
     try:
         for cycle in range(KILLS):
@@ -191,9 +201,14 @@ def test_sigkill_under_load_loses_nothing_and_charges_nothing_twice(
                 fake.up()  # the daemon drains while it is being killed
             else:
                 fake.down()
+            start = time.monotonic()
             _wait_ready(url, process, log)
+            waited["ready"] += time.monotonic() - start
             with Load(url, f"c{cycle}") as load:
-                time.sleep(rng.uniform(0.3, 1.5))
+                start = time.monotonic()
+                assert load.first.wait(FIRST_ACK_S), f"cycle {cycle}: nothing acknowledged"
+                waited["first ack"] += time.monotonic() - start
+                time.sleep(rng.uniform(0.2, 1.5))
                 _kill(process)  # mid-request, mid-commit, mid-send: wherever it is
             acked += load.acked
             sent += load.sent
@@ -201,21 +216,23 @@ def test_sigkill_under_load_loses_nothing_and_charges_nothing_twice(
 
         # After the last crash: every acknowledged escalation is there, exactly once.
         _wait_ready(url, process, log)
-        rows = _rows(home)
+        rows = _rows(home, check=True)
         ids = [row[0] for row in rows]
         assert len(ids) == len(set(ids))
         missing = set(acked) - set(ids)
         assert not missing, f"{len(missing)} acknowledged escalations lost"
         assert len(acked) == len(set(acked))
-        assert len(acked) >= 2 * KILLS, f"too little load to mean anything: {len(acked)}"
+        assert len(acked) > KILLS, f"too little load to mean anything: {len(acked)}"
 
         # The uplink stays up: all of them reach the upstream.
         fake.up()
-        deadline = time.monotonic() + 120
+        start = time.monotonic()
+        deadline = start + 120
         while True:
             states = dict(_rows(home))
             waiting = [i for i in acked if states.get(i) != "done"]
             if not waiting:
+                waited["drain"] = time.monotonic() - start
                 break
             assert time.monotonic() < deadline, f"{len(waiting)} never delivered"
             time.sleep(0.2)
@@ -233,5 +250,6 @@ def test_sigkill_under_load_loses_nothing_and_charges_nothing_twice(
         conn.close()
     print(
         f"\n{KILLS} SIGKILLs, {sent} requests answered, {len(acked)} acknowledged as queued, "
-        f"{len(fake.requests)} upstream requests, {len(fake.accepted_keys)} keys accepted once"
+        f"{len(fake.requests)} upstream requests, {len(fake.accepted_keys)} keys accepted once; "
+        + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in waited.items())
     )
