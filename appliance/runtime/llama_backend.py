@@ -7,7 +7,6 @@ that would keep n_ctx x vocab floats (about 2 GB at n_ctx 2048).
 
 from __future__ import annotations
 
-import codecs
 import math
 import random
 import threading
@@ -29,6 +28,7 @@ from appliance.runtime.backend import (
     TokenEvent,
 )
 from appliance.runtime.gpu import gpu_present
+from appliance.runtime.textstream import TextStream
 
 
 def default_threads() -> int:
@@ -146,10 +146,8 @@ class LlamaGeneration:
         _keep_cache_only_for_a_repeat(llm, prompt)
         llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
         greedy = request.temperature <= 0
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = [s for s in request.stop if s]
-        hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop
-        text, emitted, produced = "", 0, 0
+        stream = TextStream(request.stop)
+        produced = 0
         finish: FinishReason = "length"
         wants_logprobs = request.logprobs or request.top_logprobs > 0 or request.confidence
         tokens = llm.generate(
@@ -175,25 +173,19 @@ class LlamaGeneration:
                 logprob, alternatives = math.nan, ()
             produced += 1
             raw = llm.detokenize([token])
-            text += decoder.decode(raw)
-            cut = _first_stop(text, stops)
-            if cut is not None:
-                text = text[:cut]
+            piece = stream.add(raw)
+            if stream.stopped:
                 finish = "stop"
-            release = len(text) if cut is not None else max(emitted, len(text) - hold)
-            piece, emitted = text[emitted:release], release
             yield TokenEvent(
                 token, piece, logprob, alternatives, raw.decode("utf-8", errors="replace")
             )
-            if cut is not None or produced >= budget:
+            if stream.stopped or produced >= budget:
                 break
-        if finish != "stop" or not stops:
-            text += decoder.decode(b"", final=True)
-        if emitted < len(text):
+        if rest := stream.close():
             # what was held back for a possible stop string, now known not to be one
-            yield TokenEvent(-1, text[emitted:], 0.0)
+            yield TokenEvent(-1, rest, 0.0)
         self._result = GenerationResult(
-            text=text,
+            text=stream.text,
             finish_reason=finish,
             prompt_tokens=len(prompt),
             completion_tokens=produced,
@@ -213,11 +205,6 @@ def _keep_cache_only_for_a_repeat(llm: Any, prompt: list[int]) -> None:
     cached = llm._input_ids[: llm.n_tokens]
     if len(cached) < len(prompt) or list(cached[: len(prompt)]) != prompt:
         llm.reset()
-
-
-def _first_stop(text: str, stops: Sequence[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(found) if found else None
 
 
 def _logprobs(

@@ -68,8 +68,17 @@ def spec_from_record(home: Home, bundle: records.InstalledBundle) -> ModelSpec:
     )
 
 
-def default_backend(spec: ModelSpec) -> Backend:
+def default_backend(spec: ModelSpec, slots: int = 1) -> Backend:
+    """The runner for `spec`: GGUF generation is batched when it may serve several at once.
+
+    `slots` comes from ``[runtime] slots``; a manifest's ``model.slots`` overrides it.
+    """
     if spec.format == "gguf":
+        slots = int(spec.extra.get("slots", slots))
+        if slots > 1 and spec.role in ("chat", "completion"):
+            from appliance.runtime.batched import BatchedLlamaBackend
+
+            return BatchedLlamaBackend(spec, slots=slots)
         from appliance.runtime.llama_backend import LlamaBackend
 
         return LlamaBackend(spec)
@@ -91,27 +100,44 @@ def check_memory(spec: ModelSpec, available: int | None = None) -> None:
 
 
 class ModelWorker:
-    """One loaded model behind one thread and one bounded queue."""
+    """One loaded model behind one bounded queue and its threads.
+
+    A backend that batches (``concurrency`` > 1) gets that many threads, each running one
+    request's job while the backend interleaves them; others get one.
+    """
 
     def __init__(self, backend: Backend, queue_size: int) -> None:
         self.backend = backend
         self.spec = backend.spec
-        # Unbounded underneath so that retire()'s stop marker never waits; the bound on
+        # Unbounded underneath so that retire()'s stop markers never wait; the bound on
         # requests is enforced in submit().
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._queue_size = queue_size
         self._submit_lock = threading.Lock()
         self.last_used = time.monotonic()
-        self.busy = False
+        self._busy = 0
+        self._busy_lock = threading.Lock()
         self._accepting = True
-        self._thread = threading.Thread(
-            target=self._serve, name=f"model-{self.spec.name}-{self.spec.version}", daemon=True
-        )
-        self._thread.start()
+        count = max(1, int(getattr(backend, "concurrency", 1)))
+        self._left = count  # threads still serving; the last one frees the model
+        self._threads = [
+            threading.Thread(
+                target=self._serve,
+                name=f"model-{self.spec.name}-{self.spec.version}",
+                daemon=True,
+            )
+            for _ in range(count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + (1 if self.busy else 0)
+        return self._queue.qsize() + self._busy
 
     def submit(self, job: Job) -> None:
         with self._submit_lock:
@@ -131,24 +157,32 @@ class ModelWorker:
                 break
             if job.cancelled():
                 continue
-            self.busy = True
+            with self._busy_lock:
+                self._busy += 1
             try:
                 job.run(self.backend)
             except BaseException as e:
                 job.fail(e)
             finally:
-                self.busy = False
+                with self._busy_lock:
+                    self._busy -= 1
                 self.last_used = time.monotonic()
-        self.backend.close()
+        with self._busy_lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self.backend.close()
 
     def retire(self) -> None:
         """Stop taking work; finish what is queued, then free the model (in the background)."""
         with self._submit_lock:
             self._accepting = False
-            self._queue.put_nowait(None)
+            for _ in self._threads:
+                self._queue.put_nowait(None)
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
 
 class ModelManager:
@@ -162,7 +196,12 @@ class ModelManager:
     ) -> None:
         self.home = home
         self.settings = settings
-        self._factory = backend_factory
+        if backend_factory is default_backend:
+            self._factory: Callable[[ModelSpec], Backend] = lambda spec: default_backend(
+                spec, settings.slots
+            )
+        else:
+            self._factory = backend_factory
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()
         self._specs: dict[str, ModelSpec] = {}
