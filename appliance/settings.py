@@ -41,7 +41,7 @@ class RuntimeSettings(_Strict):
     queue_size: int = Field(default=16, ge=1)  # requests waiting per model
     # requests a GGUF model generates at once (continuous batching; 1 = one at a time);
     # each slot has the model's full context_length of KV memory
-    slots: int = Field(default=1, ge=1, le=64)
+    slots: int = Field(default=4, ge=1, le=64)
     keep_alive_s: float = Field(default=1800.0, gt=0)  # seconds an idle model stays loaded
     preload: bool = True  # load every active model at start, not on its first request
     refresh_interval_s: float = Field(default=2.0, gt=0)  # seconds between state/inbox checks

@@ -22,6 +22,7 @@ from appliance.errors import ModelLoadError, ModelNotFoundError
 from appliance.home import Home
 from appliance.runtime import manager as manager_module
 from appliance.runtime.backend import Backend, GenerationRequest, ModelSpec
+from appliance.runtime.batched import BatchedLlamaBackend
 from appliance.runtime.llama_backend import LlamaBackend
 from appliance.runtime.manager import (
     KV_BYTES_PER_TOKEN,
@@ -523,13 +524,19 @@ def gemma_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     return home
 
 
-def test_the_gemma_bundle_is_served_by_the_llama_backend(gemma_home: Home):
-    m = ModelManager(gemma_home, RuntimeSettings())
+@pytest.mark.parametrize("slots", [4, 1])
+def test_the_gemma_bundle_is_served_by_the_llama_backend(gemma_home: Home, slots: int):
+    """Batched (the default, 4 slots) or one request at a time ([runtime] slots = 1)."""
+    m = ModelManager(gemma_home, RuntimeSettings(slots=slots))
     try:
         m.refresh()
         worker = m.worker(GEMMA)
         spec = worker.spec
-        assert isinstance(worker.backend, LlamaBackend)
+        if slots > 1:
+            assert isinstance(worker.backend, BatchedLlamaBackend)
+            assert worker.backend.slots == slots == len(worker._threads)
+        else:
+            assert isinstance(worker.backend, LlamaBackend) and len(worker._threads) == 1
         assert (spec.format, spec.role, spec.context_length) == ("gguf", "chat", 2048)
         assert spec.chat_template is not None and "<start_of_turn>" in spec.chat_template
         assert spec.extra == {"architecture": "gemma3", "quantization": "Q4_K_M"}
