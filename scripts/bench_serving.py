@@ -40,6 +40,12 @@ fatal: the exit status is 0 whenever the benchmark itself ran.
 
     .venv/bin/python scripts/bench_serving.py [--repeat 10] [--max-tokens 16] [--blocks 2]
                                               [--workdir DIR]
+    .venv/bin/python scripts/bench_serving.py --concurrency 1,2,4,8 [--rounds 4]
+                                              [--max-tokens 32] [--llama-server PATH]
+
+--concurrency measures many devices at once instead (scripts/_concurrency.py): aggregate
+generated tokens/s and time to first token per client count, for the appliance (continuous
+batching), llama_cpp.server and, given --llama-server, the native llama.cpp server.
 
 The peer needs llama-cpp-python's server extras (sse-starlette, starlette-context,
 pydantic-settings) in the venv; without them its rows are skipped.
@@ -801,11 +807,30 @@ def main() -> int:
     parser.add_argument(
         "--workdir", type=Path, help="folder for scratch files (default: a temp dir in /var/tmp)"
     )
+    parser.add_argument(
+        "--concurrency",
+        default="",
+        help="instead: aggregate tokens/s and TTFT at these client counts, e.g. 1,2,4,8",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="requests per client (--concurrency)")
+    parser.add_argument(
+        "--llama-server", type=Path, help="a native llama-server binary to measure too"
+    )
     args = parser.parse_args()
     if args.repeat < 1 or args.max_tokens < 1 or args.blocks < 1:
         parser.error("--repeat, --max-tokens and --blocks must be at least 1")
     with scratch(args.workdir, "bench-serving-") as folder:
-        bench(folder, args.repeat, args.max_tokens, min(args.blocks, args.repeat))
+        if args.concurrency:
+            import _concurrency
+
+            levels = [int(n) for n in args.concurrency.split(",")]
+            home, name, gguf = prepare(folder)
+            _concurrency.bench(
+                home.root, gguf, name, PROMPTS, folder, default_threads(), N_CTX, levels,
+                args.rounds, args.max_tokens, args.llama_server,
+            )  # fmt: skip
+        else:
+            bench(folder, args.repeat, args.max_tokens, min(args.blocks, args.repeat))
     return 0
 
 

@@ -197,7 +197,7 @@ def test_sigkill_under_load_loses_nothing_and_charges_nothing_twice(
     process = _start(home, log)
     try:
         for cycle in range(KILLS):
-            if cycle % 2:
+            if cycle % 2 == 0:  # the last cycle (odd) leaves items queued for the final drain
                 fake.up()  # the daemon drains while it is being killed
             else:
                 fake.down()
