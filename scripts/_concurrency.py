@@ -5,7 +5,9 @@ Used by ``bench_serving.py --concurrency``. Each contender is a server in a chil
 
   appliance          `python -m appliance serve` on the scratch home (continuous batching,
                      [runtime] slots = the largest client count)
-  llama_cpp.server   `python -m llama_cpp.server` on the same GGUF, its defaults otherwise
+  llama_cpp.server   `python -m llama_cpp.server` on the same GGUF with --interrupt_requests
+                     False (by default a new request cuts the stream in flight: at 2+ clients
+                     most requests then end in errors), its defaults otherwise
   llama-server       the native server, when --llama-server names a binary built from the
                      llama.cpp that llama-cpp-python vendors (`-np` = the largest count)
 
@@ -157,7 +159,8 @@ def contenders(
         (
             "llama_cpp.server",
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_ctx",
-             str(n_ctx), "--n_threads", str(threads), "--host", "127.0.0.1", "--port", str(port)],
+             str(n_ctx), "--n_threads", str(threads), "--host", "127.0.0.1", "--port", str(port),
+             "--interrupt_requests", "False"],
             env,
             f"http://127.0.0.1:{port}|/v1/models",
         )

@@ -288,11 +288,12 @@ class BatchedLlamaBackend:
         sequence.sampler = self._sampler(request)
 
     def _sampler(self, request: GenerationRequest) -> Any:
+        """The request's own sampler chain; None for greedy (an argmax needs none, and
+        llama.cpp's sampler copies all 262k candidates of a row on every call)."""
         lib = self._lib
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         if request.temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
+            return None
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         seed = request.seed if request.seed is not None else random.getrandbits(31)
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(request.top_p, 1))
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(request.temperature))
@@ -354,7 +355,11 @@ class BatchedLlamaBackend:
     def _sample(self, sequence: _Sequence) -> None:
         lib = self._lib
         request = sequence.request
-        token = int(lib.llama_sampler_sample(sequence.sampler, self._ctx, sequence.index))
+        if sequence.sampler is None:  # greedy: the argmax of the row, read in place
+            pointer = lib.llama_get_logits_ith(self._ctx, sequence.index)
+            token = int(np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).argmax())
+        else:
+            token = int(lib.llama_sampler_sample(sequence.sampler, self._ctx, sequence.index))
         if lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(sequence, "stop")
             return
