@@ -4,6 +4,7 @@ what is being tested)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -374,6 +375,13 @@ def test_check_memory_names_what_is_needed_and_available(
     assert "3 MiB are available" in message
     with pytest.raises(ModelLoadError):
         check_memory(spec, available=needed - 1)
+    check_memory(spec, available=needed, slots=4)  # an embedding model is not batched
+    # a batched GGUF chat model keeps a context's worth of KV memory per slot
+    chat = dataclasses.replace(spec, format="gguf", role="chat")
+    check_memory(chat, available=needed, slots=1)
+    with pytest.raises(ModelLoadError):
+        check_memory(chat, available=needed, slots=4)
+    check_memory(chat, available=needed + 3 * spec.context_length * KV_BYTES_PER_TOKEN, slots=4)
 
 
 def test_a_model_that_cannot_load_is_an_error_while_others_serve(

@@ -87,11 +87,17 @@ def default_backend(spec: ModelSpec, slots: int = 1) -> Backend:
     return OnnxBackend(spec)
 
 
-def check_memory(spec: ModelSpec, available: int | None = None) -> None:
-    """Refuse a model that would not fit in the memory that is free now."""
+def check_memory(spec: ModelSpec, available: int | None = None, slots: int = 1) -> None:
+    """Refuse a model that would not fit in the memory that is free now.
+
+    A batched GGUF model keeps `slots` contexts' worth of KV memory.
+    """
     free = psutil.virtual_memory().available if available is None else available
     weights = spec.weights.stat().st_size
-    needed = int(weights * MEMORY_OVERHEAD) + spec.context_length * KV_BYTES_PER_TOKEN
+    if spec.format != "gguf" or spec.role not in ("chat", "completion"):
+        slots = 1
+    slots = int(spec.extra.get("slots", slots))
+    needed = int(weights * MEMORY_OVERHEAD) + slots * spec.context_length * KV_BYTES_PER_TOKEN
     if needed > free:
         raise ModelLoadError(
             f"{spec.name} {spec.version} needs about {needed // 2**20} MiB of memory; "
@@ -265,7 +271,7 @@ class ModelManager:
             current = self._workers.get(spec.name)
             if current is not None and current.spec.identity == spec.identity:
                 return current
-            check_memory(spec)
+            check_memory(spec, slots=self.settings.slots)
             backend = self._factory(spec)
             try:
                 backend.load()
