@@ -30,10 +30,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from appliance.errors import ModelError, ModelLoadError
-from appliance.runtime import templates
+from appliance.runtime import logits, templates
 from appliance.runtime.adapters import check_adapter
 from appliance.runtime.backend import (
     FinishReason,
@@ -333,17 +331,17 @@ class BatchedLlamaBackend:
         lib, batch = self._lib, self._batch
         batch.n_tokens = 0
         wanting = []
-        for sequence, token, logits in tokens:
+        for sequence, token, wants in tokens:
             k = batch.n_tokens
             batch.token[k] = token
             batch.pos[k] = sequence.n_past
             batch.n_seq_id[k] = 1
             batch.seq_id[k][0] = sequence.slot
-            batch.logits[k] = logits
+            batch.logits[k] = wants
             sequence.n_past += 1
             self._slots[sequence.slot].cached.append(token)
             batch.n_tokens += 1
-            if logits:
+            if wants:
                 sequence.index = k
                 wanting.append(sequence)
         status = lib.llama_decode(self._ctx, batch)
@@ -356,15 +354,19 @@ class BatchedLlamaBackend:
         lib = self._lib
         request = sequence.request
         if sequence.sampler is None:  # greedy: the argmax of the row, read in place
-            pointer = lib.llama_get_logits_ith(self._ctx, sequence.index)
-            token = int(np.ctypeslib.as_array(pointer, shape=(self._n_vocab,)).argmax())
+            token = int(logits.row(self._ctx, sequence.index, self._n_vocab).argmax())
         else:
             token = int(lib.llama_sampler_sample(sequence.sampler, self._ctx, sequence.index))
         if lib.llama_vocab_is_eog(self._vocab, token):
             self._finish(sequence, "stop")
             return
         if request.logprobs or request.top_logprobs > 0 or request.confidence:
-            logprob, alternatives = self._logprobs(sequence.index, token, request.top_logprobs)
+            logprob, alternatives = logits.logprobs(
+                logits.row(self._ctx, sequence.index, self._n_vocab),
+                token,
+                request.top_logprobs,
+                lambda t: self._llm.detokenize([t]),
+            )
         else:
             logprob, alternatives = math.nan, ()
         sequence.produced += 1
@@ -380,26 +382,6 @@ class BatchedLlamaBackend:
             self._finish(sequence, "length")
         else:
             sequence.last = token
-
-    def _logprobs(
-        self, index: int, token: int, top_n: int
-    ) -> tuple[float, tuple[tuple[str, float], ...]]:
-        pointer = self._lib.llama_get_logits_ith(self._ctx, index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))  # a view: no copy
-        peak = float(logits.max())
-        log_total = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
-        chosen = float(logits[token]) - log_total
-        if top_n <= 0:
-            return chosen, ()
-        best = np.argpartition(logits, -top_n)[-top_n:]
-        best = best[np.argsort(logits[best])[::-1]]
-        return chosen, tuple(
-            (
-                self._llm.detokenize([int(i)]).decode("utf-8", errors="replace"),
-                float(logits[i]) - log_total,
-            )
-            for i in best
-        )
 
     def _release(self, sequence: _Sequence) -> None:
         if sequence.sampler is not None:

@@ -14,11 +14,10 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import psutil
 
 from appliance.errors import ModelError, ModelLoadError
-from appliance.runtime import templates
+from appliance.runtime import logits, templates
 from appliance.runtime.adapters import check_adapter
 from appliance.runtime.backend import (
     FinishReason,
@@ -166,8 +165,11 @@ class LlamaGeneration:
                 finish = "stop"
                 break
             if wants_logprobs:
-                logprob, alternatives = _logprobs(
-                    llm, backend._n_vocab, token, request.top_logprobs
+                logprob, alternatives = logits.logprobs(
+                    logits.row(llm._ctx.ctx, -1, backend._n_vocab),
+                    token,
+                    request.top_logprobs,
+                    lambda t: llm.detokenize([t]),
                 )
             else:
                 logprob, alternatives = math.nan, ()
@@ -205,29 +207,3 @@ def _keep_cache_only_for_a_repeat(llm: Any, prompt: list[int]) -> None:
     cached = llm._input_ids[: llm.n_tokens]
     if len(cached) < len(prompt) or list(cached[: len(prompt)]) != prompt:
         llm.reset()
-
-
-def _logprobs(
-    llm: Any, n_vocab: int, token: int, top_n: int
-) -> tuple[float, tuple[tuple[str, float], ...]]:
-    """log softmax of the step's logits at `token` (and the `top_n` best alternatives)."""
-    import llama_cpp
-
-    pointer = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
-    logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,))  # a view: no copy
-    peak = float(logits.max())
-    # exp in float32 (fast), the sum in float64 (exact enough: agrees to ~1e-8)
-    log_total = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
-    chosen = float(logits[token]) - log_total
-    if top_n <= 0:
-        return chosen, ()
-    best = np.argpartition(logits, -top_n)[-top_n:]
-    best = best[np.argsort(logits[best])[::-1]]
-    alternatives = tuple(
-        (
-            llm.detokenize([int(i)]).decode("utf-8", errors="replace"),
-            float(logits[i]) - log_total,
-        )
-        for i in best
-    )
-    return chosen, alternatives
