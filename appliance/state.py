@@ -8,6 +8,7 @@ interleave half-done changes; readers are never blocked by the writer.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -109,3 +110,27 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite3.Connection]
         raise
     else:
         conn.execute("COMMIT")
+
+
+class ThreadConnections:
+    """One state.db connection per thread, opened on first use.
+
+    SQLite connections belong to the thread that opened them, and the daemon's request
+    threads and its background workers all use one store object, so each gets its own.
+    """
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._local = threading.local()
+
+    def db(self) -> sqlite_utils.Database:
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = open_state(self.home)
+        return db
+
+    def close(self) -> None:
+        """Close this thread's connection; other threads' close when those threads end."""
+        db: sqlite_utils.Database | None = self._local.__dict__.pop("db", None)
+        if db is not None:
+            db.close()

@@ -11,7 +11,6 @@ import hashlib
 import re
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import sqlite_utils
 
 from appliance.errors import StateError, TokenError
 from appliance.home import Home
-from appliance.state import open_state, write_transaction
+from appliance.state import ThreadConnections, write_transaction
 
 Scope = Literal["infer", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
@@ -64,9 +63,8 @@ class TokenStore:
     def __init__(self, home: Home, clock: Callable[[], float] = time.time) -> None:
         self.home = home.ensure()
         self._clock = clock
-        # SQLite connections are bound to the thread that opened them and the daemon
-        # authenticates from several threads, so each thread gets its own, opened on first use.
-        self._local = threading.local()
+        # the daemon authenticates from several threads: one connection each
+        self._connections = ThreadConnections(self.home)
         try:
             db = self._db()
             if not db["device_tokens"].exists():
@@ -77,17 +75,11 @@ class TokenStore:
             raise
 
     def _db(self) -> sqlite_utils.Database:
-        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = open_state(self.home)
-        return db
+        return self._connections.db()
 
     def close(self) -> None:
         """Close this thread's connection; other threads' close when those threads end."""
-        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
-        self._local = threading.local()
-        if db is not None:
-            db.close()
+        self._connections.close()
 
     def __enter__(self) -> TokenStore:
         return self

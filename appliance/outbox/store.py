@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import builtins
 import sqlite3
-import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -53,7 +52,7 @@ from appliance.outbox.model import (
     utc_now_dt,
 )
 from appliance.settings import OutboxSettings
-from appliance.state import open_state, write_transaction
+from appliance.state import ThreadConnections, write_transaction
 
 _IN_CHUNK = 500  # ids per "IN (...)" lookup, well under SQLite's variable limit
 _GOLDEN_PAGE = 256  # rows per read while iterating golden(): no read transaction stays open
@@ -72,7 +71,7 @@ class Outbox:
         self.settings = settings
         self._clock = clock
         self._cipher = MapCipher(self.home)
-        self._local = threading.local()
+        self._connections = ThreadConnections(self.home)
         try:
             db = self._db()
             if schema.missing(db.conn):
@@ -85,21 +84,14 @@ class Outbox:
     # -- connections -------------------------------------------------------------------
 
     def _db(self) -> sqlite_utils.Database:
-        # SQLite connections belong to the thread that opened them; the daemon's request
-        # threads and its sender each get their own, opened on first use.
-        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = open_state(self.home)
-        return db
+        return self._connections.db()
 
     def _conn(self) -> sqlite3.Connection:
         return self._db().conn
 
     def close(self) -> None:
         """Close this thread's connection; other threads' close when those threads end."""
-        db: sqlite_utils.Database | None = self._local.__dict__.pop("db", None)
-        if db is not None:
-            db.close()
+        self._connections.close()
 
     def __enter__(self) -> Outbox:
         return self
