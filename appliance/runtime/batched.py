@@ -41,7 +41,7 @@ from appliance.runtime.backend import (
     TokenEvent,
 )
 from appliance.runtime.gpu import gpu_present
-from appliance.runtime.llama_backend import default_threads
+from appliance.runtime.llama_backend import LlamaText, default_threads
 from appliance.runtime.textstream import TextStream
 
 PREFILL_CHUNK = 256  # prompt tokens evaluated per step, over all prefilling sequences
@@ -86,7 +86,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class BatchedLlamaBackend:
+class BatchedLlamaBackend(LlamaText):
     """A GGUF chat/completion model serving up to ``slots`` requests at once."""
 
     def __init__(
@@ -203,22 +203,8 @@ class BatchedLlamaBackend:
 
     # -- the Backend interface -------------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[int]:
-        return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=True)  # type: ignore[no-any-return]
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
-        self._require()
-        return templates.render(self._template, messages)
-
-    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
-        raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it makes no embeddings")
-
     def generate(self, request: GenerationRequest) -> BatchedGeneration:
-        if self.spec.role not in ("chat", "completion"):
-            raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it does not generate")
+        self.check_generates()
         return BatchedGeneration(self, request)
 
     def _submit(self, request: GenerationRequest) -> _Sequence:

@@ -35,7 +35,35 @@ def default_threads() -> int:
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
-class LlamaBackend:
+class LlamaText:
+    """What both GGUF backends do alike with a loaded llama_cpp.Llama: its tokenizer and
+    chat template, and the refusals of work a generation model does not do."""
+
+    spec: ModelSpec
+    _template: str
+
+    def _require(self) -> Any:
+        raise NotImplementedError
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=True)  # type: ignore[no-any-return]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        self._require()
+        return templates.render(self._template, messages)
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
+        raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it makes no embeddings")
+
+    def check_generates(self) -> None:
+        if self.spec.role not in ("chat", "completion"):
+            raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it does not generate")
+
+
+class LlamaBackend(LlamaText):
     def __init__(self, spec: ModelSpec, n_threads: int | None = None) -> None:
         if spec.format != "gguf":
             raise ModelLoadError(
@@ -93,22 +121,8 @@ class LlamaBackend:
             raise ModelError(f"{self.spec.name} is not loaded")
         return self._llm
 
-    def tokenize(self, text: str) -> list[int]:
-        return self._require().tokenize(text.encode("utf-8"), add_bos=True, special=True)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenize(text))
-
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
-        self._require()
-        return templates.render(self._template, messages)
-
-    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
-        raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it makes no embeddings")
-
     def generate(self, request: GenerationRequest) -> LlamaGeneration:
-        if self.spec.role not in ("chat", "completion"):
-            raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it does not generate")
+        self.check_generates()
         return LlamaGeneration(self, request)
 
 
