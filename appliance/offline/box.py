@@ -153,14 +153,12 @@ def _import_all(
     with Outbox(home, settings.outbox) as outbox, Ledger(home) as ledger:
         for path in files.batch_files(folder):
             try:
-                data = envelope.read(path, settings.offline.max_batch_bytes)
-                if files.peek_kind(data) == "requests":
+                opened = ledger.take(
+                    path, "results", me, {relay.key_id: relay}, settings.offline.max_batch_bytes
+                )
+                if opened is None:
                     report.skipped.append(path.name)
                     continue
-                opened = envelope.open_batch(
-                    data, name=path.name, kind="results", me=me, senders={relay.key_id: relay}
-                )
-                ledger.refuse_replay(opened.header.batch_id, path.name)
                 results = payload.parse(payload.Results, opened.payload, path.name)
             except OfflineError as e:
                 report.refused.append(str(e))

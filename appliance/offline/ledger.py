@@ -13,11 +13,14 @@ Item rows reference the outbox and go when ``outbox purge`` deletes their item.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from appliance.home import Home
+from appliance.offline import envelope, files
 from appliance.offline.errors import OfflineError
+from appliance.offline.identity import Card, Identity
 from appliance.outbox import OutboxItem
 from appliance.outbox import rows as outbox_rows
 from appliance.state import open_state, write_transaction
@@ -92,6 +95,27 @@ class Ledger:
             (batch_id,),
         ).fetchone()
         return None if row is None else Batch(*row)
+
+    def take(
+        self,
+        path: Path,
+        kind: envelope.Kind,
+        me: Identity,
+        senders: Mapping[str, Card],
+        max_bytes: int,
+    ) -> envelope.Opened | None:
+        """Read, verify and open one batch file of `kind` that was never taken before.
+
+        None for a batch of the other direction (on one stick, the box's requests and the
+        relay's results lie side by side); OfflineError for anything refused.
+        """
+        data = envelope.read(path, max_bytes)
+        other = "requests" if kind == "results" else "results"
+        if files.peek_kind(data) == other:
+            return None
+        opened = envelope.open_batch(data, name=path.name, kind=kind, me=me, senders=senders)
+        self.refuse_replay(opened.header.batch_id, path.name)
+        return opened
 
     def refuse_replay(self, batch_id: str, name: str) -> None:
         """Raise OfflineError if this batch id was taken or written here before."""

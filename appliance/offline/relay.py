@@ -97,14 +97,10 @@ def _take_in(
 ) -> None:
     for path in files.batch_files(inbox):
         try:
-            data = envelope.read(path, settings.offline.max_batch_bytes)
-            if files.peek_kind(data) == "results":
+            opened = ledger.take(path, "requests", me, boxes, settings.offline.max_batch_bytes)
+            if opened is None:
                 report.skipped.append(path.name)
                 continue
-            opened = envelope.open_batch(
-                data, name=path.name, kind="requests", me=me, senders=boxes
-            )
-            ledger.refuse_replay(opened.header.batch_id, path.name)
             requests = payload.parse(payload.Requests, opened.payload, path.name)
             ids = [r.id for r in requests.requests]
             foreign = [i for i, peer in ledger.owners(ids).items() if peer != opened.sender.key_id]
