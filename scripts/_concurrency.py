@@ -18,6 +18,7 @@ text chunks. Aggregate tokens/s = all clients' tokens / the wall time of the lev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,8 +52,10 @@ class Level:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _stream(client: httpx.Client, model: str, prompt: str, max_tokens: int) -> tuple[int, float]:
-    """(text chunks, seconds to the first one) of one streamed completion."""
+def _stream(
+    client: httpx.Client, model: str, prompt: str, max_tokens: int
+) -> tuple[list[str], float]:
+    """(the text chunks, seconds to the first one) of one streamed completion."""
     body = {
         "model": model,
         "prompt": prompt,
@@ -62,7 +65,7 @@ def _stream(client: httpx.Client, model: str, prompt: str, max_tokens: int) -> t
     }
     started = time.perf_counter()
     first = None
-    chunks = 0
+    chunks: list[str] = []
     with client.stream("POST", "/v1/completions", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -70,7 +73,7 @@ def _stream(client: httpx.Client, model: str, prompt: str, max_tokens: int) -> t
                 continue
             choices = json.loads(line[6:]).get("choices") or []
             if choices and choices[0].get("text"):
-                chunks += 1
+                chunks.append(choices[0]["text"])
                 if first is None:
                     first = time.perf_counter() - started
     return chunks, first if first is not None else time.perf_counter() - started
@@ -87,13 +90,13 @@ def run_level(
             for r in range(rounds):
                 prompt = prompts[(n + r * clients) % len(prompts)]
                 try:
-                    tokens, ttft = _stream(http, model, prompt, max_tokens)
+                    chunks, ttft = _stream(http, model, prompt, max_tokens)
                 except httpx.HTTPError as e:
                     with lock:
                         level.errors.append(f"{type(e).__name__}: {e}")
                     continue
                 with lock:
-                    level.tokens += tokens
+                    level.tokens += len(chunks)
                     level.ttft.append(ttft)
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
@@ -104,6 +107,121 @@ def run_level(
         t.join()
     level.seconds = time.perf_counter() - started
     return level
+
+
+@dataclass
+class Agreement:
+    """Greedy answers given alone (one request at a time) vs among others, per prompt."""
+
+    prompts: int = 0
+    identical: int = 0
+    first_same: int = 0  # the first text chunk (token) is the same
+    diverged_at: list[int] = field(default_factory=list)  # chunk index of each first difference
+    errors: int = 0
+
+    def add(self, alone: list[str], together: list[str]) -> None:
+        self.prompts += 1
+        self.identical += alone == together
+        self.first_same += alone[:1] == together[:1]
+        if alone != together:
+            self.diverged_at.append(
+                next(
+                    (k for k, (a, b) in enumerate(zip(alone, together, strict=False)) if a != b),
+                    min(len(alone), len(together)),
+                )
+            )
+
+
+def _retried(client: httpx.Client, model: str, prompt: str, max_tokens: int) -> list[str] | None:
+    """The chunks of a greedy answer, asked again once if the connection broke (llama-server
+    now and then closes a kept-alive connection as a request goes out); None if it failed."""
+    for _ in range(2):
+        with contextlib.suppress(httpx.HTTPError):
+            return _stream(client, model, prompt, max_tokens)[0]
+    return None
+
+
+def agreement(url: str, model: str, prompts: tuple[str, ...], clients: int, max_tokens: int
+              ) -> Agreement:  # fmt: skip
+    """Answer every prompt alone, then all of them again with `clients` streams at once (each
+    client takes the next unanswered prompt), and compare the chunk sequences."""
+    alone: list[list[str] | None] = [None] * len(prompts)
+    with httpx.Client(base_url=url, timeout=600, trust_env=False) as http:
+        for i, prompt in enumerate(prompts):
+            alone[i] = _retried(http, model, prompt, max_tokens)
+    together: list[list[str] | None] = [None] * len(prompts)
+    lock = threading.Lock()
+    queue = list(range(len(prompts)))
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=600, trust_env=False) as http:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    i = queue.pop(0)
+                together[i] = _retried(http, model, prompts[i], max_tokens)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    result = Agreement()
+    for a, b in zip(alone, together, strict=True):
+        if a is None or b is None:
+            result.errors += 1
+        else:
+            result.add(a, b)
+    return result
+
+
+def direct_level(gguf: Path, prompts: tuple[str, ...], threads: int, n_ctx: int, rounds: int,
+                 max_tokens: int) -> Level:  # fmt: skip
+    """One client calling llama-cpp-python in this process (create_completion, stream=True,
+    greedy, llm.reset() first, as bench_serving's direct rows): the 1-client reference."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf), n_ctx=n_ctx, n_threads=threads, logits_all=False, verbose=False
+    )
+    try:
+        level = Level(1)
+
+        def one(prompt: str, n: int) -> tuple[int, float]:
+            llm.reset()
+            started = time.perf_counter()
+            first, chunks = None, 0
+            for chunk in llm.create_completion(prompt, max_tokens=n, temperature=0, stream=True):
+                if chunk["choices"][0]["text"]:  # type: ignore[index]
+                    chunks += 1
+                    if first is None:
+                        first = time.perf_counter() - started
+            return chunks, first if first is not None else time.perf_counter() - started
+
+        one(prompts[0], 4)  # warm
+        started = time.perf_counter()
+        for r in range(rounds):
+            chunks, ttft = one(prompts[r % len(prompts)], max_tokens)
+            level.tokens += chunks
+            level.ttft.append(ttft)
+        level.seconds = time.perf_counter() - started
+        return level
+    finally:
+        llm.close()
+
+
+def build_native(folder: Path) -> Path | None:
+    """The native llama-server from the llama.cpp that the pinned llama-cpp-python sdist
+    vendors, built into `folder` by scripts/build_llama_server.sh (~8 min on 2 cores the
+    first time; an existing build there is reused). None, with the reason, if it fails."""
+    script = Path(__file__).with_name("build_llama_server.sh")
+    print(f"llama-server (native): building into {folder} (reused if already there) ...")
+    done = subprocess.run(["bash", str(script), str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"llama-server (native): build failed, skipped: {done.stderr.strip()[-500:]}")
+        return None
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def serve(
@@ -184,6 +302,7 @@ def bench(
     gguf: Path,
     model: str,
     prompts: tuple[str, ...],
+    wide: tuple[str, ...],
     scratch: Path,
     threads: int,
     n_ctx: int,
@@ -193,7 +312,14 @@ def bench(
     llama_server: Path | None,
 ) -> None:
     results: dict[str, list[Level]] = {}
-    for label, cmd, env, where in contenders(home, gguf, threads, n_ctx, max(levels), llama_server):
+    agreements: dict[str, Agreement] = {}
+    slots = max(levels)
+    if 1 in levels:
+        print("llama-cpp-python direct: 1 client in-process ...")
+        results["llama-cpp-python direct"] = [
+            direct_level(gguf, prompts, threads, n_ctx, rounds, max_tokens)
+        ]
+    for label, cmd, env, where in contenders(home, gguf, threads, n_ctx, slots, llama_server):
         url, probe = where.split("|")
         log = scratch / f"{label.split()[0]}.log"
         print(f"{label}: starting ...")
@@ -206,6 +332,8 @@ def bench(
             name = model if label == "appliance" else str(gguf)
             run_level(url, name, prompts, 1, 1, 4)  # warm: weights and page cache
             results[label] = [run_level(url, name, prompts, n, rounds, max_tokens) for n in levels]
+            if wide:
+                agreements[label] = agreement(url, name, wide, slots, max_tokens)
         finally:
             stop(process)
     print()
@@ -213,26 +341,41 @@ def bench(
         f"concurrent streaming clients: {rounds} requests each, {max_tokens} greedy tokens, "
         f"{len(prompts)} prompts round-robin; tokens/s = all clients' tokens / wall time"
     )
-    header = f"{'server':<22} {'clients':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'p95 ms':>8}"
+    header = f"{'server':<24} {'clients':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'p95 ms':>8}"
     print(header)
     print("-" * len(header))
     for label, rows in results.items():
         for level in rows:
             errors = f"  ({len(level.errors)} errors)" if level.errors else ""
             print(
-                f"{label:<22} {level.clients:>7} {level.tokens_per_s:>9.1f} "
+                f"{label:<24} {level.clients:>7} {level.tokens_per_s:>9.1f} "
                 f"{level.ttft_ms(0.5):>12.0f} {level.ttft_ms(0.95):>8.0f}{errors}"
             )
     ours = results.get("appliance")
-    if ours is None:
-        return
-    print()
-    for label, rows in results.items():
-        if label == "appliance":
-            continue
-        ratios = ", ".join(
-            f"{a.clients}: {a.tokens_per_s / b.tokens_per_s:.2f}x"
-            for a, b in zip(ours, rows, strict=True)
-            if b.tokens_per_s
+    if ours is not None:
+        print()
+        for label, rows in results.items():
+            if label == "appliance":
+                continue
+            by_clients = {level.clients: level for level in rows}
+            ratios = ", ".join(
+                f"{a.clients}: {a.tokens_per_s / b.tokens_per_s:.2f}x"
+                for a in ours
+                if (b := by_clients.get(a.clients)) is not None and b.tokens_per_s
+            )
+            print(f"appliance / {label} aggregate tokens/s by clients: {ratios}")
+    if agreements:
+        print()
+        print(
+            f"greedy agreement: {len(wide)} prompts, {max_tokens} tokens, each answered alone, "
+            f"then all again over {slots} concurrent streams"
         )
-        print(f"appliance / {label} aggregate tokens/s by clients: {ratios}")
+        header = f"{'server':<24} {'identical':>10} {'first token same':>17}  diverged at chunk"
+        print(header)
+        print("-" * len(header))
+        for label, a in agreements.items():
+            errors = f"  ({a.errors} errors)" if a.errors else ""
+            print(
+                f"{label:<24} {a.identical:>5}/{a.prompts:<4} {a.first_same:>11}/{a.prompts:<5} "
+                f"{sorted(a.diverged_at)}{errors}"
+            )

@@ -41,11 +41,15 @@ fatal: the exit status is 0 whenever the benchmark itself ran.
     .venv/bin/python scripts/bench_serving.py [--repeat 10] [--max-tokens 16] [--blocks 2]
                                               [--workdir DIR]
     .venv/bin/python scripts/bench_serving.py --concurrency 1,2,4,8 [--rounds 4]
-                                              [--max-tokens 32] [--llama-server PATH]
+                                              [--max-tokens 32] [--agreement 32]
+                                              [--llama-server build|none|PATH]
 
 --concurrency measures many devices at once instead (scripts/_concurrency.py): aggregate
-generated tokens/s and time to first token per client count, for the appliance (continuous
-batching), llama_cpp.server and, given --llama-server, the native llama.cpp server.
+generated tokens/s and time to first token per client count, for llama-cpp-python called
+in-process (1 client), the appliance (continuous batching), llama_cpp.server and the native
+llama.cpp server (built for the benchmark from the llama.cpp source that the pinned
+llama-cpp-python sdist vendors, into a scratch folder outside the repository); then, per
+server, how many of --agreement prompts get the same greedy answer alone and among others.
 
 The peer needs llama-cpp-python's server extras (sse-starlette, starlette-context,
 pydantic-settings) in the venv; without them its rows are skipped.
@@ -101,6 +105,14 @@ PROMPTS = (
     "Once upon a time, in a small village by the sea,",
     "To make a good cup of tea, you",
 )
+TOPICS = (
+    "rivers", "volcanoes", "bread", "chess", "the moon", "bicycles", "coffee", "glaciers",
+    "owls", "copper", "jazz", "deserts", "tea", "lighthouses", "bees", "paper", "trains",
+    "salt", "tides", "maps", "wool", "clocks", "rain", "bridges", "honey", "comets",
+    "violins", "forests", "glass", "kites", "ice", "whales",
+)  # fmt: skip
+WIDE_PROMPTS = tuple(f"Write two sentences about {t}." for t in TOPICS)  # greedy agreement
+NATIVE_DIR = Path("/var/tmp/llama-server-build")  # scratch, kept between runs (8 min build)
 
 
 @dataclass
@@ -814,7 +826,18 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=4, help="requests per client (--concurrency)")
     parser.add_argument(
-        "--llama-server", type=Path, help="a native llama-server binary to measure too"
+        "--llama-server",
+        default="build",
+        help="the native llama-server to measure too (--concurrency): 'build' (default) builds "
+        f"it with scripts/build_llama_server.sh into {NATIVE_DIR} (or reuses that build), "
+        "'none' leaves it out, anything else is the path of a binary",
+    )
+    parser.add_argument(
+        "--agreement",
+        type=int,
+        default=len(WIDE_PROMPTS),
+        help="prompts whose greedy answers are compared alone vs among others (--concurrency; "
+        f"at most {len(WIDE_PROMPTS)}, 0 = skip)",
     )
     args = parser.parse_args()
     if args.repeat < 1 or args.max_tokens < 1 or args.blocks < 1:
@@ -824,10 +847,16 @@ def main() -> int:
             import _concurrency
 
             levels = [int(n) for n in args.concurrency.split(",")]
+            if args.llama_server == "none":
+                native = None
+            elif args.llama_server == "build":
+                native = _concurrency.build_native(NATIVE_DIR)
+            else:
+                native = Path(args.llama_server)
             home, name, gguf = prepare(folder)
             _concurrency.bench(
-                home.root, gguf, name, PROMPTS, folder, default_threads(), N_CTX, levels,
-                args.rounds, args.max_tokens, args.llama_server,
+                home.root, gguf, name, PROMPTS, WIDE_PROMPTS[: args.agreement], folder,
+                default_threads(), N_CTX, levels, args.rounds, args.max_tokens, native,
             )  # fmt: skip
         else:
             bench(folder, args.repeat, args.max_tokens, min(args.blocks, args.repeat))

@@ -23,6 +23,10 @@ PROMPTS = [
     "The three primary colors are",
     "Once upon a time, in a small village,",
 ]
+# llama.cpp's batch-shape rounding, measured on the Gemma GGUF over 111 answers: a token's
+# log-probability moved by at most 0.23 and answers parted at margins of at most 0.31.
+NOISE = 0.5  # log-probability of the same token alone and in a batch
+NEAR_TIE = 1.0  # top-two margin (nats) below which a batch may pick the runner-up
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +82,34 @@ def greedy(prompt: str, n: int = 12, **kw) -> GenerationRequest:
 
 
 def test_greedy_answers_alone_and_in_a_batch(backend: BatchedLlamaBackend):
-    """The same answers, but for llama.cpp's own batch-shape float differences.
+    """The same tokens, except where llama.cpp's own arithmetic tips a near-tie.
 
-    llama.cpp's results depend in the last bits on what shares a batch (llama.cpp#6583,
-    #7052, #6950); greedy decoding can turn a near-tie into another token. A prompt is always
-    evaluated in a batch of its own here, so the first token is always the same; later ones
-    usually are (``scripts/bench_serving.py`` counts how often over more prompts).
+    llama.cpp's CPU kernels take the rows of a batch four at a time and the last one to three
+    one by one, and the two kernels round differently: the same 7-token prompt evaluated in
+    one call or in two (2 + 5 tokens) moves its last logits by up to 0.7 (measured; llama.cpp
+    issues 6583, 7052, PR 6950). A token's row lands in another kernel in company, so a
+    greedy answer may part from its alone answer, but only at a near-tie, and then to the
+    alone run's runner-up. ``scripts/bench_serving.py --concurrency`` counts how often, for
+    llama.cpp's own server too.
     """
-    alone = [run(backend, greedy(p)) for p in PROMPTS]
-    together = run_together(backend, [greedy(p) for p in PROMPTS])  # 5 over 3 slots
+
+    def request(prompt: str) -> GenerationRequest:
+        return greedy(prompt, logprobs=True, top_logprobs=2)
+
+    alone = [run(backend, request(p)) for p in PROMPTS]
+    together = run_together(backend, [request(p) for p in PROMPTS])  # 5 over 3 slots
     for (a, a_events), (b, b_events) in zip(alone, together, strict=True):
-        assert b_events[0].token_id == a_events[0].token_id
-        assert b.completion_tokens == a.completion_tokens == 12
-    same = sum(a.text == b.text for (a, _), (b, _) in zip(alone, together, strict=True))
-    assert same >= 3, f"only {same} of {len(PROMPTS)} greedy answers identical"
+        assert a.completion_tokens == 12
+        for x, y in zip(a_events, b_events, strict=False):
+            if x.token_id == y.token_id:
+                assert y.logprob == pytest.approx(x.logprob, abs=NOISE)
+                continue
+            (_, best), (runner_up, second) = x.top_logprobs
+            assert best - second < NEAR_TIE, f"parted at a clear choice in {a.text!r}"
+            assert y.token == runner_up  # the batch took the alone run's second choice
+            break
+        else:
+            assert b.completion_tokens == 12 and b.text == a.text
 
 
 def test_seeded_sampling_and_limits_hold_inside_a_batch(backend: BatchedLlamaBackend):
@@ -129,11 +147,11 @@ def test_logprobs_in_a_batch_match_alone(backend: BatchedLlamaBackend):
     )
     _, together = mixed[0]
     assert together[0].token_id == alone[0].token_id
-    assert together[0].logprob == alone[0].logprob  # the prompt's own batch: bit-identical
+    assert together[0].logprob == pytest.approx(alone[0].logprob, abs=NOISE)
     for a, b in zip(alone, together, strict=False):
         assert math.isfinite(a.logprob) and a.logprob <= 0 and len(a.top_logprobs) == 2
         if a.token_id == b.token_id:
-            assert b.logprob == pytest.approx(a.logprob, abs=0.05)
+            assert b.logprob == pytest.approx(a.logprob, abs=NOISE)
 
 
 def test_a_shared_prefix_is_not_evaluated_again(backend: BatchedLlamaBackend):

@@ -1,11 +1,11 @@
 """Continuous batching for GGUF models: many requests share one llama.cpp context.
 
 One scheduler thread owns a llama.cpp context with ``slots`` sequences (each with its own
-``context_length`` of KV memory). Every step it builds one ``llama_batch``: the next token
-of every sequence that is generating, in one ``llama_decode`` call; then up to
-``prefill_chunk`` prompt tokens of the oldest sequence still being prefilled, in a call of
-its own (so a long prompt never stalls the running streams for long, and prompts are served
-first come, first served, so none starves). Each sequence with fresh logits samples its
+``context_length`` of KV memory). Every step it builds one ``llama_batch`` for one
+``llama_decode`` call: the next token of every sequence that is generating, and up to
+``prefill_chunk`` prompt tokens of the sequences still being prefilled, oldest first (so a
+long prompt never stalls the running streams for long, and prompts are served first come,
+first served, so none starves). Each sequence with fresh logits samples its
 token with its own sampler chain (its own temperature, top_p and seed), checks its stop strings and
 ``max_tokens``, and hands a ``TokenEvent`` to the thread waiting for it. A finished or
 cancelled sequence frees its slot at once; a new request joins between two steps.
@@ -14,8 +14,11 @@ Prompt-prefix reuse: a slot keeps the tokens of its last sequence in KV memory. 
 request goes to the free slot that shares the longest prefix with its prompt, and only the
 rest is evaluated (always at least the prompt's last token, whose logits are needed).
 
-Greedy answers are the same alone and in a batch (``tests/test_batching.py`` checks it;
-``scripts/bench_serving.py`` counts mismatches over a larger set).
+Greedy answers alone and in a batch: llama.cpp's arithmetic depends in the last bits on what
+shares a batch (llama.cpp#6583, #7052, PR #6950), so a near-tie can go the other way. The
+first token always matched in our runs (``tests/test_batching.py``); whole answers mostly do,
+and ``scripts/bench_serving.py --concurrency`` counts how often, for llama.cpp's own server
+too.
 """
 
 from __future__ import annotations
@@ -285,32 +288,31 @@ class BatchedLlamaBackend(LlamaText):
         return chain
 
     def _step(self, running: list[_Sequence]) -> None:
-        """One scheduling step: a decode of every generating sequence, then one prompt chunk.
-
-        The prompt chunk goes in a ``llama_decode`` call of its own: llama.cpp's results
-        depend slightly on what else shares a batch (llama.cpp#6583, #6950), and a prompt
-        evaluated with other prompts gave other greedy answers than alone; kept apart, the
-        first token always matches.
+        """One scheduling step: one ``llama_decode`` of the next token of every generating
+        sequence and up to ``prefill_chunk`` prompt tokens of the prefilling ones, oldest
+        first (a long prompt takes the whole chunk until it is in, then the next one's turn
+        comes: first come, first served, so no prompt starves and no stream stalls for long).
         """
-        live = []
-        for sequence in running:  # cancelled ones free their slot before any work
-            if sequence.request.cancel.is_set():
+        tokens: list[tuple[_Sequence, int, bool]] = []
+        room = self.prefill_chunk
+        for sequence in running:
+            if sequence.request.cancel.is_set():  # it frees its slot before any work
                 self._finish(sequence, "cancelled")
-            else:
-                live.append(sequence)
-        generating = [s for s in live if not s.prefilling]
-        if generating:
-            self._decode([(s, s.last, True) for s in generating])
-        prefilling = next((s for s in live if s.prefilling), None)  # oldest first
-        if prefilling is not None:
-            end = min(len(prefilling.prompt), prefilling.n_past + self.prefill_chunk)
-            last = len(prefilling.prompt) - 1
-            self._decode(
-                [
-                    (prefilling, prefilling.prompt[i], i == last)
-                    for i in range(prefilling.n_past, end)
+            elif not sequence.prefilling:
+                tokens.append((sequence, sequence.last, True))
+            elif room > 0:
+                end = min(len(sequence.prompt), sequence.n_past + room)
+                last = len(sequence.prompt) - 1
+                tokens += [
+                    (sequence, sequence.prompt[i], i == last) for i in range(sequence.n_past, end)
                 ]
-            )
+                room -= end - sequence.n_past
+        if tokens:
+            # In slot order: llama.cpp cuts a batch over separate per-sequence KV memories into
+            # micro-batches of consecutive sequence ids; in slot order the next tokens of all
+            # the generating sequences go in one, not in one each.
+            tokens.sort(key=lambda t: t[0].slot)  # stable: a prompt's tokens stay in order
+            self._decode(tokens)
 
     def _decode(self, tokens: list[tuple[_Sequence, int, bool]]) -> None:
         """One ``llama_decode`` of (sequence, token, wants logits); then sample those."""
