@@ -1,19 +1,27 @@
 """Many devices at once: aggregate tokens/s and time to first token at 1, 2, 4, 8 clients.
 
-Used by ``bench_serving.py --concurrency``. Each contender is a server in a child process
-(so that the client threads of this process never share an interpreter with it):
+Used by ``bench_serving.py --concurrency``. Each server is a child process (so that the
+client threads of this process never share an interpreter with it):
 
+  llama-cpp-python   the 1-client reference: create_completion(stream=True) in this process,
+  direct             llm.reset() before each request (no server, no HTTP)
   appliance          `python -m appliance serve` on the scratch home (continuous batching,
                      [runtime] slots = the largest client count)
   llama_cpp.server   `python -m llama_cpp.server` on the same GGUF with --interrupt_requests
                      False (by default a new request cuts the stream in flight: at 2+ clients
                      most requests then end in errors), its defaults otherwise
-  llama-server       the native server, when --llama-server names a binary built from the
-                     llama.cpp that llama-cpp-python vendors (`-np` = the largest count)
+  llama-server       the native server built from the llama.cpp that llama-cpp-python's sdist
+  (native)           vendors (build_native; `-np` = the largest count)
 
 Every client streams /v1/completions (greedy, the same prompts round-robin, max_tokens
 each) one request after another for --rounds requests; generated tokens are the stream's
 text chunks. Aggregate tokens/s = all clients' tokens / the wall time of the level.
+
+Greedy agreement: each server answers every prompt of a wider set alone (one request at a
+time), then all of them again over as many concurrent streams as it has slots; the table
+counts the answers whose chunks are identical, those whose first chunk is, and where the
+others parted. llama.cpp's CPU kernels round a row differently with the rows it shares a
+batch with, so its own server parts too.
 """
 
 from __future__ import annotations

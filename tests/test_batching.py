@@ -199,3 +199,48 @@ def test_a_prompt_longer_than_a_slot_is_refused(backend: BatchedLlamaBackend):
 
     with pytest.raises(ModelError, match="holds 512"):
         list(backend.generate(greedy("word " * 600)))
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_beside_the_running_streams(
+    backend: BatchedLlamaBackend, monkeypatch: pytest.MonkeyPatch
+):
+    """No stream stalls behind a long prompt, and the long prompt is not starved either:
+    each step carries at most ``prefill_chunk`` of its tokens and a token of every stream."""
+    steps: list[tuple[int, set[int]]] = []  # (prompt tokens, slots generating) per decode
+    decode = backend._decode
+
+    def recording(tokens: list) -> None:
+        prompt = sum(1 for s, _, _ in tokens if s.prefilling)
+        steps.append((prompt, {s.slot for s, _, _ in tokens if not s.prefilling}))
+        decode(tokens)
+
+    monkeypatch.setattr(backend, "_decode", recording)
+    running = threading.Barrier(3)
+    results: list = []
+
+    def stream(prompt: str) -> None:
+        generation = backend.generate(greedy(prompt, 60))
+        events = iter(generation)
+        next(events)
+        running.wait(timeout=60)
+        results.append((list(events), generation))
+
+    stories = ["Count from one to one thousand:", "Once upon a time, in a small village,"]
+    threads = [threading.Thread(target=stream, args=(p,)) for p in stories]
+    for t in threads:
+        t.start()
+    running.wait(timeout=60)  # both streams are generating
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 36
+    n = len(backend.tokenize(long_prompt))
+    first = len(steps)
+    result, events = run(backend, greedy(long_prompt, 4))
+    for t in threads:
+        t.join(timeout=120)
+    assert result.completion_tokens == 4 and len(events) == 4
+    carrying = [s for s in steps[first:] if s[0]]
+    assert n > 5 * backend.prefill_chunk
+    assert sum(p for p, _ in carrying) == n  # evaluated once, in chunks ...
+    assert all(p <= backend.prefill_chunk for p, _ in carrying)  # ... of at most the chunk
+    assert len(carrying) == -(-n // backend.prefill_chunk)  # one per step, none skipped
+    assert all(len(slots) == 2 for _, slots in carrying)  # both streams moved at each step
+    assert [len(events) for events, _ in results] == [59, 59]
