@@ -42,6 +42,9 @@ class RuntimeSettings(_Strict):
     # requests a GGUF model generates at once (continuous batching; 1 = one at a time);
     # each slot has the model's full context_length of KV memory
     slots: int = Field(default=4, ge=1, le=64)
+    # tokens of KV memory per slot of a GGUF chat/completion model, at most; 0 = the
+    # manifest's context_length. Less memory per slot, shorter prompts + answers.
+    context_length: int = Field(default=0, ge=0)
     keep_alive_s: float = Field(default=1800.0, gt=0)  # seconds an idle model stays loaded
     preload: bool = True  # load every active model at start, not on its first request
     refresh_interval_s: float = Field(default=2.0, gt=0)  # seconds between state/inbox checks

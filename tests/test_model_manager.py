@@ -32,6 +32,7 @@ from appliance.runtime.manager import (
     ModelManager,
     ModelWorker,
     QueueFullError,
+    capped,
     check_memory,
     spec_from_record,
 )
@@ -204,6 +205,19 @@ def test_spec_from_record_reads_the_installed_manifest(
         "tokenizer": "tokenizer.json",
         "labels": ["allow", "review", "refuse"],
     }
+    assert capped(spec, 16) == spec  # [runtime] context_length caps only GGUF generation
+
+
+def test_runtime_context_length_caps_a_gguf_generator_only(tmp_path: Path):
+    def spec(fmt: str, role: str, n: int) -> ModelSpec:
+        return ModelSpec("m", "1", "d", tmp_path, fmt, role, n, tmp_path / "w")
+
+    assert capped(spec("gguf", "chat", 2048), 512).context_length == 512
+    assert capped(spec("gguf", "completion", 2048), 512).context_length == 512
+    assert capped(spec("gguf", "chat", 256), 512).context_length == 256  # a cap, never more
+    assert capped(spec("gguf", "chat", 2048), 0).context_length == 2048  # 0 = the manifest's
+    assert capped(spec("gguf", "embedding", 2048), 512).context_length == 2048
+    assert capped(spec("onnx", "embedding", 512), 64).context_length == 512
 
 
 # -- activation swap and rollback ---------------------------------------------------------
@@ -569,5 +583,30 @@ def test_the_gemma_bundle_is_served_by_the_llama_backend(gemma_home: Home, slots
         with pytest.raises(ModelLoadError, match=f"needs about {needed // MiB} MiB"):
             check_memory(spec, available=256 * MiB)
         assert needed // MiB > weights // MiB + 100  # the KV estimate is counted
+    finally:
+        m.close()
+
+
+def test_a_capped_context_is_what_the_loaded_model_holds(gemma_home: Home):
+    """[runtime] context_length = 256: each slot holds 256 tokens, and says so."""
+    m = ModelManager(gemma_home, RuntimeSettings(slots=2, context_length=256))
+    try:
+        m.refresh()
+        worker = m.worker(GEMMA)
+        assert worker.spec.context_length == worker.backend.spec.context_length == 256
+        results: list[Any] = []
+        done = threading.Event()
+
+        def run(backend: Backend) -> None:
+            list(backend.generate(GenerationRequest(prompt="word " * 300, max_tokens=4)))
+            done.set()
+
+        def fail(error: BaseException) -> None:
+            results.append(error)
+            done.set()
+
+        worker.submit(Job(run=run, cancelled=lambda: False, fail=fail))
+        assert done.wait(30)
+        assert len(results) == 1 and "holds 256" in str(results[0])
     finally:
         m.close()

@@ -68,6 +68,14 @@ def spec_from_record(home: Home, bundle: records.InstalledBundle) -> ModelSpec:
     )
 
 
+def capped(spec: ModelSpec, context_length: int) -> ModelSpec:
+    """`spec` with at most `context_length` tokens of context (``[runtime] context_length``;
+    0 = no cap) if it is a GGUF chat/completion model, whose KV memory that sizes."""
+    if context_length and spec.format == "gguf" and spec.role in ("chat", "completion"):
+        return dataclasses.replace(spec, context_length=min(spec.context_length, context_length))
+    return spec
+
+
 def default_backend(spec: ModelSpec, slots: int = 1) -> Backend:
     """The runner for `spec`: GGUF generation is batched when it may serve several at once.
 
@@ -228,7 +236,7 @@ class ModelManager:
         for bundle in active:
             spec = spec_from_record(self.home, bundle)
             if spec.role in SERVED_ROLES and spec.extra.get("task") != TOKEN_CLASSIFICATION:
-                specs[spec.name] = spec
+                specs[spec.name] = capped(spec, self.settings.context_length)
         for adapter in adapters:
             model = adapter.manifest["model"]
             base = specs.get(str(model.get("base", "")))
