@@ -10,9 +10,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance import __version__
+from appliance.api.app import create_app
+from appliance.api.server import BackgroundServer, free_port
 from appliance.bundles.installer import BundleManager
 from appliance.errors import BundleError
-from appliance.settings import Settings
+from appliance.home import Home
+from appliance.settings import Settings, SyncSettings, UpstreamSettings
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.helpers import make_bundle, make_key
 
@@ -76,12 +79,60 @@ def test_requests_tokens_latency_and_decisions_are_counted(daemon: Daemon):
     assert delta("appliance_time_per_output_token_seconds_count", model=MODEL) == 1
     assert delta("appliance_routing_decisions_total", route="local") == 1
     assert _value(after, "appliance_queue_depth", model=MODEL) == 0
+    assert _value(after, "appliance_model_slots", model=MODEL) == 4  # [runtime] slots
+    assert _value(after, "appliance_model_slots_busy", model=MODEL) == 0
     assert _value(after, "appliance_model_loaded", model=MODEL, device="cpu") == 1
     assert _value(after, "appliance_info", version=__version__) == 1
     assert _value(after, "process_resident_memory_bytes") > 0
     # Raw paths and request contents never become labels.
     assert EMAIL not in text and "nope-" not in text
     assert 'route="/v1/escalations/{escalation_id}"' in text
+
+
+def test_a_shared_system_prompt_is_counted_as_reused(daemon: Daemon):
+    system = "You are the gate assistant of the north dock. Answer in one short sentence. " * 3
+    _, before = _scrape(daemon)
+    for question in ("Is the gate open?", "Who has the key?"):
+        answer = httpx.post(
+            f"{daemon.url}/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": question},
+                ],
+                "max_tokens": 2,
+            },
+            headers={"Authorization": f"Bearer {daemon.infer_token}"},
+            timeout=120,
+        )
+        assert answer.status_code == 200
+    _, after = _scrape(daemon)
+    name = "appliance_prompt_tokens_reused_total"
+    assert _value(after, name, model=MODEL) - _value(before, name, model=MODEL) >= 40
+
+
+def test_each_upstream_has_an_uplink_gauge(tmp_path: Path):
+    """A daemon with an upstream (down: nothing listens there) and no model at all."""
+    down = free_port()
+    settings = Settings(
+        upstreams=[
+            UpstreamSettings(
+                name="cloud", kind="openai", base_url=f"http://127.0.0.1:{down}/v1", model="m"
+            )
+        ],
+        sync=SyncSettings(probe_interval_s=0.2, interval_s=0.2),
+    )
+    app = create_app(Home(tmp_path / "home").ensure(), settings)
+    with BackgroundServer(app) as server:
+        response = httpx.get(f"{server.url}/metrics", timeout=30)
+        assert response.status_code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        }
+    assert _value(samples, "appliance_uplink_up", upstream="cloud") == 0
 
 
 def test_bundle_installs_are_counted_by_outcome_and_reason(daemon: Daemon, tmp_path: Path):

@@ -1,9 +1,10 @@
 """``GET /metrics`` in the Prometheus text format, and the middleware that counts requests.
 
 The process's counters and histograms are in ``appliance.metrics``; this adds, at scrape
-time, what is read rather than counted: queue depth and load state per model, outbox depth
-by state, uplink state, today's spend, and bundle installs accepted or refused (from
-state.db's ``bundle_events``, so installs made by the CLI count too).
+time, what is read rather than counted: queue depth, load state, slots (busy and all) and
+reused prompt tokens per model, outbox depth by state, uplink state, today's spend, and
+bundle installs accepted or refused (from state.db's ``bundle_events``, so installs made by
+the CLI count too).
 """
 
 from __future__ import annotations
@@ -61,20 +62,36 @@ class StateCollector(Collector):
         up = GaugeMetricFamily(
             "appliance_model_loaded", "1 when the model is loaded.", labels=["model", "device"]
         )
+        slots = GaugeMetricFamily(
+            "appliance_model_slots", "Requests a loaded model generates at once.", labels=["model"]
+        )
+        running = GaugeMetricFamily(
+            "appliance_model_slots_busy", "Requests generating now, per model.", labels=["model"]
+        )
+        reused = CounterMetricFamily(
+            "appliance_prompt_tokens_reused",
+            "Prompt tokens found in a slot's KV memory, not evaluated again (since load).",
+            labels=["model"],
+        )
         for spec in manager.specs():
             worker = loaded.get(spec.name)
             depth.add_metric([spec.name], worker.depth if worker else 0)
             device = worker.backend.device if worker else ""
             up.add_metric([spec.name, device], 1 if worker else 0)
-        yield depth
-        yield up
+            if worker:
+                slots.add_metric([spec.name], worker.slots)
+                running.add_metric([spec.name], worker.running)
+                reused.add_metric([spec.name], getattr(worker.backend, "reused_tokens", 0))
+        yield from (depth, up, slots, running, reused)
 
     def _forwarding(self) -> Iterator[Any]:
         forwarding = self.app.state.forwarding
         if forwarding is None:
             return
         uplink = GaugeMetricFamily(
-            "appliance_uplink_up", "1 when the upstream answered its last probe.", ["upstream"]
+            "appliance_uplink_up",
+            "1 when the upstream answered its last probe.",
+            labels=["upstream"],
         )
         for state in forwarding.monitor.states():
             uplink.add_metric([state.name], 1 if state.up else 0)

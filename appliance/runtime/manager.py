@@ -150,6 +150,16 @@ class ModelWorker:
         return self._busy > 0
 
     @property
+    def slots(self) -> int:
+        """Requests this model generates at once."""
+        return len(self._threads)
+
+    @property
+    def running(self) -> int:
+        """Requests generating now (the rest of `depth` waits in the queue)."""
+        return self._busy
+
+    @property
     def depth(self) -> int:
         return self._queue.qsize() + self._busy
 
