@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
 
 from appliance.cli import main
 from appliance.forward import uplinks
@@ -24,7 +25,7 @@ from appliance.governance.escalation import Escalation
 from appliance.home import Home
 from appliance.outbox import Outbox
 from appliance.settings import OutboxSettings, Settings, SyncSettings, UpstreamSettings
-from appliance.status import advice, hardware
+from appliance.status import advice, hardware, render
 from appliance.upstream.monitor import UplinkState
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 
@@ -167,7 +168,11 @@ def test_a_healthy_daemon_says_so_and_the_cli_shows_the_same_document(
     assert doc["daemon"]["rss_bytes"] > 200 * 1024 * 1024  # the model is in there
     [model] = doc["models"]
     assert (model["name"], model["loaded"], model["device"]) == (MODEL, True, "cpu")
+    assert (model["slots"], model["busy"]) == (4, 0)  # [runtime] slots, none generating
     assert model["signers"] and model["files_changed"] == []
+    console = Console(width=200, record=True)
+    console.print(render.render(doc))
+    assert "cpu, 0 of 4 slots busy" in console.export_text()
     assert doc["uplinks"][0]["source"] == "live"
     # GET /status from the box itself needs no token; from elsewhere it would.
     direct = httpx.get(f"{daemon.url}/status", timeout=30).json()

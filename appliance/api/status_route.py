@@ -36,17 +36,21 @@ _gpus = _GpuCache()
 
 
 def model_states(manager: ModelManager) -> dict[str, dict[str, Any]]:
-    """Each active model: version, loaded, device, load error (also ``/readyz``'s body)."""
+    """Each active model: version, loaded, device, slots and how many are busy, load error
+    (also ``/readyz``'s body)."""
     loaded = manager.loaded()
-    return {
-        spec.name: {
+    states = {}
+    for spec in manager.specs():
+        worker = loaded.get(spec.name)
+        states[spec.name] = {
             "version": spec.version,
-            "loaded": spec.name in loaded,
-            "device": loaded[spec.name].backend.device if spec.name in loaded else None,
+            "loaded": worker is not None,
+            "device": worker.backend.device if worker else None,
+            "slots": worker.slots if worker else None,
+            "busy": worker.running if worker else None,
             "error": manager.errors.get(spec.name),
         }
-        for spec in manager.specs()
-    }
+    return states
 
 
 def live_of(app: Any) -> document.Live:

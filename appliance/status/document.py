@@ -40,7 +40,7 @@ class Live:
 
     pid: int
     started_at: float  # wall time
-    models: dict[str, dict[str, Any]]  # name -> {version, loaded, device, error}
+    models: dict[str, dict[str, Any]]  # name -> {version, loaded, device, slots, busy, error}
     uplinks: list[UplinkState] | None = None  # None: no store-and-forward configured
     waiting: str | None = None  # why the sync engine sends nothing now
     last_sync_at: datetime | None = None
@@ -180,6 +180,8 @@ def _models(home: Home, conn: sqlite3.Connection | None, live: Live | None) -> l
             "size_bytes": size,
             "loaded": None,  # unknown: the daemon is down
             "device": None,
+            "slots": None,  # requests it generates at once, and how many do now
+            "busy": None,
             "error": None,
             "files_changed": files_changed(
                 home.bundle_dir(name, version) / "payload", parsed.get("files") or [], installed_at
@@ -190,6 +192,8 @@ def _models(home: Home, conn: sqlite3.Connection | None, live: Live | None) -> l
             entry.update(
                 loaded=bool(state.get("loaded")),
                 device=state.get("device"),
+                slots=state.get("slots"),
+                busy=state.get("busy"),
                 error=state.get("error"),
             )
         found.append(entry)

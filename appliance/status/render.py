@@ -73,6 +73,8 @@ def render(doc: dict[str, Any]) -> RenderableType:
             where = "(daemon down)"
         elif m["error"]:
             where = f"ERROR: {m['error']}"
+        elif m["device"] and m.get("slots"):
+            where = f"{m['device']}, {m['busy']} of {m['slots']} slots busy"
         else:
             where = m["device"] or "not loaded"
         signers = ", ".join(s[:12] for s in m["signers"])
