@@ -344,14 +344,11 @@ def bench(
                 agreements[label] = agreement(url, name, wide, slots, max_tokens)
         finally:
             stop(process)
-    print()
-    print(
+    _heading(
         f"concurrent streaming clients: {rounds} requests each, {max_tokens} greedy tokens, "
-        f"{len(prompts)} prompts round-robin; tokens/s = all clients' tokens / wall time"
+        f"{len(prompts)} prompts round-robin; tokens/s = all clients' tokens / wall time",
+        f"{'server':<24} {'clients':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'p95 ms':>8}",
     )
-    header = f"{'server':<24} {'clients':>7} {'tokens/s':>9} {'TTFT p50 ms':>12} {'p95 ms':>8}"
-    print(header)
-    print("-" * len(header))
     for label, rows in results.items():
         for level in rows:
             errors = f"  ({len(level.errors)} errors)" if level.errors else ""
@@ -373,17 +370,21 @@ def bench(
             )
             print(f"appliance / {label} aggregate tokens/s by clients: {ratios}")
     if agreements:
-        print()
-        print(
+        _heading(
             f"greedy agreement: {len(wide)} prompts, {max_tokens} tokens, each answered alone, "
-            f"then all again over {slots} concurrent streams"
+            f"then all again over {slots} concurrent streams",
+            f"{'server':<24} {'identical':>10} {'first token same':>17}  diverged at chunk",
         )
-        header = f"{'server':<24} {'identical':>10} {'first token same':>17}  diverged at chunk"
-        print(header)
-        print("-" * len(header))
         for label, a in agreements.items():
             errors = f"  ({a.errors} errors)" if a.errors else ""
             print(
                 f"{label:<24} {a.identical:>5}/{a.prompts:<4} {a.first_same:>11}/{a.prompts:<5} "
                 f"{sorted(a.diverged_at)}{errors}"
             )
+
+
+def _heading(title: str, header: str) -> None:
+    print()
+    print(title)
+    print(header)
+    print("-" * len(header))
