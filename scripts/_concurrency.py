@@ -1,7 +1,8 @@
 """Many devices at once: aggregate tokens/s and time to first token at 1, 2, 4, 8 clients.
 
 Used by ``bench_serving.py --concurrency``. Each server is a child process (so that the
-client threads of this process never share an interpreter with it):
+client threads of this process never share an interpreter with it); the 1-client reference
+runs in this process, before any server starts:
 
   llama-cpp-python   the 1-client reference: create_completion(stream=True) in this process,
   direct             llm.reset() before each request (no server, no HTTP)
@@ -149,8 +150,9 @@ def _retried(client: httpx.Client, model: str, prompt: str, max_tokens: int) -> 
     return None
 
 
-def agreement(url: str, model: str, prompts: tuple[str, ...], clients: int, max_tokens: int
-              ) -> Agreement:  # fmt: skip
+def agreement(
+    url: str, model: str, prompts: tuple[str, ...], clients: int, max_tokens: int
+) -> Agreement:
     """Answer every prompt alone, then all of them again with `clients` streams at once (each
     client takes the next unanswered prompt), and compare the chunk sequences."""
     alone: list[list[str] | None] = [None] * len(prompts)
@@ -184,8 +186,9 @@ def agreement(url: str, model: str, prompts: tuple[str, ...], clients: int, max_
     return result
 
 
-def direct_level(gguf: Path, prompts: tuple[str, ...], threads: int, n_ctx: int, rounds: int,
-                 max_tokens: int) -> Level:  # fmt: skip
+def direct_level(
+    gguf: Path, prompts: tuple[str, ...], threads: int, n_ctx: int, rounds: int, max_tokens: int
+) -> Level:
     """One client calling llama-cpp-python in this process (create_completion, stream=True,
     greedy, llm.reset() first, as bench_serving's direct rows): the 1-client reference."""
     import llama_cpp

@@ -5,8 +5,8 @@ One scheduler thread owns a llama.cpp context with ``slots`` sequences (each wit
 ``llama_decode`` call: the next token of every sequence that is generating, and up to
 ``prefill_chunk`` prompt tokens of the sequences still being prefilled, oldest first (so a
 long prompt never stalls the running streams for long, and prompts are served first come,
-first served, so none starves). Each sequence with fresh logits samples its
-token with its own sampler chain (its own temperature, top_p and seed), checks its stop strings and
+first served, so none starves). Each sequence with fresh logits samples its token with its
+own sampler chain (its own temperature, top_p and seed), checks its stop strings and
 ``max_tokens``, and hands a ``TokenEvent`` to the thread waiting for it. A finished or
 cancelled sequence frees its slot at once; a new request joins between two steps.
 
@@ -14,11 +14,12 @@ Prompt-prefix reuse: a slot keeps the tokens of its last sequence in KV memory. 
 request goes to the free slot that shares the longest prefix with its prompt, and only the
 rest is evaluated (always at least the prompt's last token, whose logits are needed).
 
-Greedy answers alone and in a batch: llama.cpp's arithmetic depends in the last bits on what
-shares a batch (llama.cpp#6583, #7052, PR #6950), so a near-tie can go the other way. The
-first token always matched in our runs (``tests/test_batching.py``); whole answers mostly do,
-and ``scripts/bench_serving.py --concurrency`` counts how often, for llama.cpp's own server
-too.
+Greedy answers alone and in a batch: llama.cpp's CPU kernels round a token's numbers
+differently with the tokens that share its batch (llama.cpp#6583, #7052, PR #6950), so an
+answer in company can part from its alone answer where the top two choices nearly tie
+(``tests/test_batching.py`` checks that it parts only there, and to the runner-up);
+``scripts/bench_serving.py --concurrency`` counts how often, for llama.cpp's own server too.
+A request alone always gets the same answer, whatever the other slots hold.
 """
 
 from __future__ import annotations
