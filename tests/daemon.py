@@ -59,12 +59,25 @@ class Daemon:
         return self.server.url
 
     def install(self, bundle: Path) -> None:
-        manager = BundleManager(self.home)
-        try:
-            manager.install(bundle)
-        finally:
-            manager.close()
+        install(self.home, bundle)
         self.app.state.models.refresh()
+
+
+def install(home: Home, bundle: Path) -> None:
+    manager = BundleManager(home)
+    try:
+        manager.install(bundle)
+    finally:
+        manager.close()
+
+
+def gemma_home(work: Path) -> Home:
+    """A home in `work` with the Gemma demo bundle installed and active (its key trusted)."""
+    source = gemma_source(work)
+    home = Home(work / "home").ensure()
+    trust.add_key(home, source.key.public)
+    install(home, source.bundle(work))
+    return home
 
 
 def start_daemon(

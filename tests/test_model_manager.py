@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from appliance.bundles import trust
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.pack import pack, sign
 from appliance.errors import ModelLoadError, ModelNotFoundError
@@ -39,7 +38,7 @@ from appliance.runtime.manager import (
 from appliance.runtime.onnx_backend import OnnxBackend
 from appliance.settings import RuntimeSettings
 from tests.daemon import MODEL as GEMMA
-from tests.daemon import gemma_source
+from tests.daemon import gemma_home as installed_gemma
 from tests.helpers import Key, make_bundle
 from tests.onnx_models import DIM, write_classifier_source, write_embedding_source
 
@@ -534,16 +533,7 @@ def test_close_finishes_queued_jobs_and_joins_every_worker(
 @pytest.fixture(scope="module")
 def gemma_home(tmp_path_factory: pytest.TempPathFactory) -> Home:
     """A home with the real Gemma demo bundle installed and active."""
-    work = tmp_path_factory.mktemp("gemma")
-    source = gemma_source(work)
-    home = Home(work / "home").ensure()
-    trust.add_key(home, source.key.public)
-    bundles = BundleManager(home)
-    try:
-        bundles.install(source.bundle(work))
-    finally:
-        bundles.close()
-    return home
+    return installed_gemma(tmp_path_factory.mktemp("gemma"))
 
 
 @pytest.mark.parametrize("slots", [4, 1])

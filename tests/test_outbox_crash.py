@@ -32,10 +32,8 @@ import httpx
 import pytest
 
 from appliance.api.server import free_port
-from appliance.bundles import trust
-from appliance.bundles.installer import BundleManager
 from appliance.home import Home
-from tests.daemon import MODEL, gemma_source
+from tests.daemon import MODEL, gemma_home
 from tests.fake_upstream import FakeUpstream
 
 KILLS = 8
@@ -111,14 +109,7 @@ def fake() -> Iterator[FakeUpstream]:
 
 
 def _prepare(root: Path, fake: FakeUpstream, port: int) -> Home:
-    source = gemma_source(root)
-    home = Home(root / "home").ensure()
-    trust.add_key(home, source.key.public)
-    manager = BundleManager(home)
-    try:
-        manager.install(source.bundle(root))
-    finally:
-        manager.close()
+    home = gemma_home(root)
     (root / "upstream.key").write_text("sk-crash\n")
     (root / "policy.toml").write_text(POLICY)
     home.config_file.write_text(
