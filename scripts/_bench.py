@@ -1,7 +1,8 @@
-"""What the benchmarks share: a scratch folder that is always removed."""
+"""What the benchmarks share: a scratch folder that is always removed, stopping a server."""
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,3 +24,14 @@ def scratch(workdir: Path | None, prefix: str) -> Iterator[Path]:
     finally:
         remove_tree(folder)
         print(f"\nremoved {folder}")
+
+
+def stop(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """Stop a server child process: SIGTERM, then SIGKILL after `grace_s` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from _bench import stop
 
 START_TIMEOUT_S = 180.0
 
@@ -252,15 +253,6 @@ def serve(
         time.sleep(0.2)
     process.kill()
     raise RuntimeError(f"{cmd[0]} did not start within {START_TIMEOUT_S:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def contenders(

@@ -76,7 +76,7 @@ from typing import Any
 import httpx
 import numpy as np
 import psutil
-from _bench import scratch
+from _bench import scratch, stop
 
 from appliance.api.app import create_app
 from appliance.api.server import BackgroundServer, free_port
@@ -522,16 +522,6 @@ def _cpu_of(pid: int) -> float:
     return float(t.user + t.system)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def bench_peer(
     gguf: Path, name: str, threads: int, scratch: Path, harness: Harness
 ) -> tuple[list[Series], str]:
@@ -569,7 +559,7 @@ def bench_peer(
                 harness.own = _own
             return rows, f"`{shown}` (its defaults otherwise: logits_all=True, no auth)"
     finally:
-        _stop(process)
+        stop(process, grace_s=15)
 
 
 # -- report ---------------------------------------------------------------------------------
