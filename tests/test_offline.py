@@ -14,7 +14,7 @@ import os
 import stat
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -394,3 +394,31 @@ def test_a_bad_card_is_a_clear_error(site: Site, tmp_path: Path, capsys):
     (tmp_path / "relay.card").write_text('{"format": "appliance-card/1", "name": "x"}')
     assert site.run(site.box, "outbox", "export", "--out", str(site.stick)) == 1
     assert "relay.card: 'sign_key' is not a 32-byte public key" in capsys.readouterr().err
+
+
+def test_one_bad_item_does_not_block_the_export(site: Site, capsys):
+    """An item queued by an older box with a stop string over the batch format's limit is
+    skipped and named (without its content); the other items travel."""
+    secret_stop = "S" * 150 + "TAIL-OF-A-LONG-STOP" + "E" * 150
+    bad = replace(item("Check the valve."), stop=(secret_stop,))
+    good = item("Summarise the shift log.")
+    with site.outbox(site.box) as outbox:
+        outbox.enqueue_many([bad, good])
+
+    assert site.run(site.box, "outbox", "export", "--out", str(site.stick), "--json") == 0
+    captured = capsys.readouterr()
+    exported = json.loads(captured.out)
+    assert exported["items"] == 1 and len(exported["files"]) == 1
+    [skipped] = exported["skipped"]
+    assert skipped.startswith(f"item {bad.id}: stop.0: ")
+    assert bad.id in captured.err
+    assert "TAIL-OF-A-LONG-STOP" not in captured.out + captured.err
+    assert "SSSS" not in captured.out + captured.err
+    with site.outbox(site.box) as outbox:
+        assert _states(outbox) == {bad.id: "queued", good.id: "queued"}  # kept for the uplink
+
+    # The relay gets the good one only.
+    assert site.run(site.relay, "relay", "process", str(site.stick), "--out", str(site.stick)) == 0
+    assert site.run(site.box, "outbox", "import", str(site.stick)) == 0
+    with site.outbox(site.box) as outbox:
+        assert _states(outbox) == {bad.id: "queued", good.id: "done"}

@@ -16,6 +16,8 @@ from appliance.errors import ModelError, ModelLoadError, ModelNotFoundError
 from appliance.runtime.manager import QueueFullError
 
 RETRY_AFTER_S = 2  # seconds a client is told to wait when a queue is full
+# the governed routes, by path: a body refused there is a refused request, and is audited
+INFERENCE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 
 
 class APIError(Exception):
@@ -66,10 +68,14 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(error)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         message = f"{where}: {first['msg']}" if where else first["msg"]
+        endpoint = INFERENCE_PATHS.get(request.url.path)
+        governor = getattr(request.app.state, "governor", None)
+        if endpoint is not None and governor is not None:  # a refused inference: audited
+            governor.record_invalid(endpoint, getattr(request.state, "device", None), message)
         return error_response(APIError(400, message, code="invalid_request", param=where or None))
 
     @app.exception_handler(StarletteHTTPException)

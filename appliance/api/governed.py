@@ -72,6 +72,14 @@ class Inbound:
     # the id the logs carry for this request (X-Request-Id), so audit rows and logs match
     request_id: str = field(default_factory=lambda: logs.request_id() or uuid.uuid4().hex)
 
+    @property
+    def governed_texts(self) -> list[str]:
+        """Every text of the request that may leave the box: the messages, then the stop
+        strings (see ``escalation.FORWARDED_FIELDS``). All of them are classified and, for a
+        redacted class, redacted alike: a card number in a stop string is still a card.
+        """
+        return [*self.texts, *self.generation.stop]
+
 
 @dataclass
 class Decided:
@@ -152,12 +160,14 @@ class Governor:
         analyzer = slot.analyzer
 
         def work() -> router.Plan:
-            classification = classify(policy, analyzer, inbound.texts, hard_by_classifier)
+            texts = inbound.governed_texts
+            classification = classify(policy, analyzer, texts, hard_by_classifier)
             return router.plan(
-                policy, classification, inbound.texts, self.settings.upstreams, inbound.escalate
+                policy, classification, texts, self.settings.upstreams, inbound.escalate
             )
 
-        if not slot.has_ner and sum(len(t) for t in inbound.texts) <= INLINE_CLASSIFY_CHARS:
+        size = sum(len(t) for t in inbound.governed_texts)
+        if not slot.has_ner and size <= INLINE_CLASSIFY_CHARS:
             return work()  # rules only, ~1 ms: cheaper than a hop to a thread
         return await asyncio.to_thread(work)  # a model, or a long text: off the event loop
 
@@ -186,9 +196,12 @@ class Governor:
         self, inbound: Inbound, plan: router.Plan, local: str | None, conf: float | None
     ) -> Escalation:
         assert plan.upstream is not None and plan.egress is not None
+        # plan.egress.texts are inbound.governed_texts as they may leave: messages, then stops
+        count = len(inbound.texts)
+        egress_messages, egress_stops = plan.egress.texts[:count], plan.egress.texts[count:]
         messages = tuple(
             {"role": role, "content": text}
-            for role, text in zip(inbound.roles, plan.egress.texts, strict=True)
+            for role, text in zip(inbound.roles, egress_messages, strict=True)
         )
         request = inbound.generation
         return Escalation(
@@ -201,7 +214,7 @@ class Governor:
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
-            stop=tuple(request.stop),
+            stop=tuple(egress_stops),
             model=inbound.model,
             device=inbound.device,
             sensitivity=plan.classification.sensitivity,
@@ -333,6 +346,21 @@ class Governor:
                 seconds=local.seconds if local else 0.0,
                 ended=ran_until,
             )
+
+    def record_invalid(self, endpoint: str, device: str | None, why: str) -> None:
+        """Audit a request refused at the door as malformed (what was wrong, not its text)."""
+        self.audit.record(
+            AuditRecord(
+                request_id=logs.request_id() or uuid.uuid4().hex,
+                model="",
+                endpoint=endpoint,
+                policy=self.active.current.label,
+                sensitivity="unknown",
+                route="refused",
+                reasons=(f"invalid request: {why}",),
+                device=device,
+            )
+        )
 
     def wants_confidence(self, plan: router.Plan) -> bool:
         return router.wants_confidence(self.active.policy, plan)

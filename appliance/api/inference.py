@@ -109,6 +109,48 @@ class _Done:
     value: Any
 
 
+# A prompt's tokens never outnumber its UTF-8 bytes (every token spells at least one byte),
+# plus what a chat template adds: at most this many tokens per message and per prompt.
+_TEMPLATE_TOKENS_PER_MESSAGE = 32
+_TEMPLATE_TOKENS = 256
+
+
+def _surely_within(source: PromptSource, limit: int) -> bool:
+    """Whether `source` is certainly within `limit` tokens, without a tokenizer."""
+    texts = [source.text or ""] if source.messages is None else [
+        str(m.get("content") or "") for m in source.messages
+    ]
+    bound = _TEMPLATE_TOKENS + _TEMPLATE_TOKENS_PER_MESSAGE * len(texts)
+    return bound + sum(len(t.encode("utf-8")) for t in texts) <= limit
+
+
+async def check_prompt(worker: ModelWorker, source: PromptSource, limits: ServerSettings) -> None:
+    """Refuse (400) a prompt over ``max_prompt_tokens`` before any route is taken.
+
+    `generate` checks the same limit before the local model runs; a request that goes to
+    the upstream first (``prefer``) never gets there, and must not be paid for when the box
+    would have refused it. Short prompts are passed without tokenizing; longer ones are
+    counted on the model's thread, with its own tokenizer and chat template.
+    """
+    if _surely_within(source, limits.max_prompt_tokens):
+        return
+    bridge = _Bridge()
+    deadline = bridge.loop.time() + limits.request_timeout_s
+
+    def run(backend: Backend) -> None:
+        prompt_tokens = backend.count_tokens(source.render(backend))
+        if prompt_tokens > limits.max_prompt_tokens:
+            raise limit_exceeded(
+                "the prompt", prompt_tokens, limits.max_prompt_tokens, "tokens", "messages"
+            )
+        bridge.put(_Done(prompt_tokens))
+
+    cancelled = asyncio.Event()
+    worker.submit(Job(run=run, cancelled=cancelled.is_set, fail=bridge.put))
+    async for _ in _drain(bridge, deadline, cancelled.set):
+        pass
+
+
 async def generate(
     worker: ModelWorker,
     source: PromptSource,

@@ -112,6 +112,8 @@ async def _respond(
     plan = await gov.plan(inbound)
 
     if plan.skip_local:
+        # the limits hold whichever way the request goes (the local path checks them too)
+        await inference.check_prompt(worker, inbound.source, limits)
         decided = await gov.try_upstream_first(inbound, plan)
         if decided is not None:
             return _upstream_answer(decided, worker, label, fmt, stream, include_usage)

@@ -50,8 +50,16 @@ def export(
     """Seal queued escalations for the relay into batch files in --out."""
     h = home().ensure()
     report = export_batches(h, load_settings(h.config_file), out, again=again)
+    for line in report.skipped:  # the item stays queued; its content is never printed
+        err_console.print(f"warning: skipped {line}", markup=False, highlight=False)
     if as_json:
-        print_json({"items": report.items, "files": [str(p) for p in report.files]})
+        print_json(
+            {
+                "items": report.items,
+                "files": [str(p) for p in report.files],
+                "skipped": report.skipped,
+            }
+        )
         return
     if not report.files:
         console.print("nothing to export: no queued escalations left to send", markup=False)

@@ -19,6 +19,28 @@ from typing import Literal, Protocol
 
 from appliance.errors import ApplianceError
 
+# What of a device's request may reach an upstream or a file off the box (a USB batch), and
+# nothing else: the messages' roles and contents, the stop strings, and three numbers. The
+# texts among them (contents and stops) are classified and redacted alike before they are
+# put in an `Escalation`; every other field a device sends (user, metadata, tools, names,
+# seed, logit_bias, ...) stays on the box. The upstream clients and the batch format build
+# their bodies from these fields of an `Escalation` only.
+FORWARDED_FIELDS: tuple[str, ...] = (
+    "messages.role",
+    "messages.content",
+    "stop",
+    "max_tokens",
+    "temperature",
+    "top_p",
+)
+
+# Limits of a request that may leave, shared by the HTTP API (checked at the door: 400) and
+# the sealed batch format, so that nothing the API accepted can block an export.
+MAX_MESSAGES = 1024  # messages in one request
+MAX_TEXT_CHARS = 4 * 1024 * 1024  # characters in one message's content
+MAX_STOPS = 4  # stop strings in one request (OpenAI's own limit)
+MAX_STOP_CHARS = 256  # characters in one stop string
+
 
 class UplinkError(ApplianceError):
     """The upstream could not answer now (down, timed out, refused); the item may wait."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from appliance.forward.engine import cost_usd
 from appliance.home import Home
 from appliance.offline import envelope, files, payload
@@ -33,6 +35,9 @@ _ROOM = 0.7  # share of max_batch_bytes the payload may fill (base64 and JSON ad
 class ExportReport:
     files: list[Path] = field(default_factory=list)
     items: int = 0
+    # one line per queued item that cannot travel (id and why; never its content): it stays
+    # queued for the uplink, and the other items travel without it
+    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,16 +78,19 @@ def export_batches(
     with Outbox(home, settings.outbox) as outbox, Ledger(home) as ledger:
         outbox.expire()
         pending = ledger.to_export(limit=1_000_000, again=again)
-        for chunk in _chunks(pending, settings):
-            requests = payload.Requests(requests=[payload.request_of(i) for i in chunk])
+        travelling = _travelling(pending, report)
+        request_of = {item.id: request for item, request in travelling}
+        for chunk in _chunks([item for item, _ in travelling], settings):
+            requests = payload.Requests(requests=[request_of[i.id] for i in chunk])
             now = fmt_time(clock())
             header, data = envelope.seal(
                 payload.encode(requests), kind="requests", sender=me, recipient=relay, created=now
             )
             if len(data) > settings.offline.max_batch_bytes:
-                raise OfflineError(
-                    f"item {chunk[0].id} alone is larger than [offline] max_batch_bytes"
-                )
+                report.skipped += [
+                    f"item {i.id}: too large for [offline] max_batch_bytes" for i in chunk
+                ]
+                continue
             path = files.write_batch(out, header, data)
             batch = Batch(
                 header.batch_id,
@@ -98,6 +106,26 @@ def export_batches(
             report.files.append(path)
             report.items += len(chunk)
     return report
+
+
+def _travelling(
+    items: list[OutboxItem], report: ExportReport
+) -> list[tuple[OutboxItem, payload.Request]]:
+    """Each item that the batch format takes, with its request; the others in `report`.
+
+    The reason names the field and the rule broken, never the value: a queued item's text
+    may be anything a device sent.
+    """
+    taken: list[tuple[OutboxItem, payload.Request]] = []
+    for item in items:
+        try:
+            taken.append((item, payload.request_of(item)))
+        except ValidationError as e:
+            problems = e.errors(include_input=False, include_url=False, include_context=False)
+            first = problems[0] if problems else {"loc": (), "msg": "invalid"}
+            where = ".".join(str(p) for p in first["loc"]) or "item"
+            report.skipped.append(f"item {item.id}: {where}: {first['msg']}")
+    return taken
 
 
 def _chunks(items: list[OutboxItem], settings: Settings) -> list[list[OutboxItem]]:

@@ -14,11 +14,19 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from appliance.governance.escalation import Escalation, UpstreamAnswer
+from appliance.governance.escalation import (
+    MAX_MESSAGES,
+    MAX_STOP_CHARS,
+    MAX_TEXT_CHARS,
+    Escalation,
+    UpstreamAnswer,
+)
 from appliance.offline.errors import OfflineError
 from appliance.outbox.model import OutboxItem, OutboxResult
 
-_Text = Annotated[str, Field(max_length=4 * 1024 * 1024)]
+# The API checks the same limits at the door (see escalation.py), so an item it accepted
+# always fits a batch.
+_Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 _Id = Annotated[str, Field(min_length=36, max_length=36)]
 
 
@@ -45,7 +53,10 @@ class Params(_Strict):
     max_tokens: int = Field(default=256, ge=1, le=1_000_000)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    stop: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=16)
+    # 16: room above the API's 4 for a relay that takes batches from older boxes
+    stop: list[Annotated[str, Field(max_length=MAX_STOP_CHARS)]] = Field(
+        default_factory=list, max_length=16
+    )
 
 
 class Request(_Strict):
@@ -54,7 +65,7 @@ class Request(_Strict):
     priority: int = 0
     upstream: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     endpoint: Literal["chat", "completion"]
-    messages: list[Message] = Field(min_length=1, max_length=1024)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     params: Params
     sensitivity: str = ""
 
