@@ -156,7 +156,7 @@ class LlamaGeneration:
                 f"{backend.spec.context_length}"
             )
         budget = min(request.max_tokens, room)
-        _keep_cache_only_for_a_repeat(llm, prompt)
+        _start_from_empty_memory(llm)
         llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
         greedy = request.temperature <= 0
         stream = TextStream(request.stop)
@@ -209,15 +209,24 @@ class LlamaGeneration:
         )
 
 
-def _keep_cache_only_for_a_repeat(llm: Any, prompt: list[int]) -> None:
-    """Reuse the KV cache only when it already holds this whole prompt; else start afresh.
+def _start_from_empty_memory(llm: Any) -> None:
+    """Make the next ``llm.generate`` evaluate the whole prompt from an empty KV memory.
 
-    Measured with Gemma 3 (sliding-window attention) in llama.cpp 0.3.36: re-evaluating the
-    tail of a partly reused cache gives logits that differ from a fresh evaluation (up to
-    0.03 in a token's log-probability), enough to change a seeded sample. An appliance must
-    answer a request the same whatever another device asked before it, so a partial match
-    is evaluated from scratch; an exact repeat (its last token replayed) is bit-identical.
+    An appliance must answer a request the same, text and confidence, whatever another
+    device asked before it. llama.cpp's logits for a token depend on how it was batched: its
+    CPU kernels take the rows of a batch four at a time and the last one to three one by one,
+    and the two round differently (llama.cpp issues 6583, 7052). Any reuse of what the KV
+    memory holds makes a request evaluate only a tail of its prompt, split differently from a
+    fresh evaluation: a partial prefix match moved a token's log-probability by up to 0.03
+    (Gemma 3, measured), and llama-cpp-python's exact-repeat path, which replays the prompt's
+    last token alone, by up to 0.68 on one x86-64 CPU and 0.03 on another (8-token prompts).
+
+    So every request takes one path: the memory is emptied (``reset``: no position is kept,
+    so ``generate`` removes every cell before it evaluates), the prompt goes in from position
+    0 in llama-cpp-python's fixed ``n_batch`` chunks, and each generated token alone. The
+    same llama_decode calls on the same empty memory give the same floats, bit for bit, on
+    any CPU whose kernels are deterministic (llama.cpp's are: no threads race to a sum). An
+    exact repeat pays for its prompt again: ``scripts/bench_serving.py --repeat-cost``
+    measures it (``[runtime] slots`` > 1 reuses prefixes, see batched.py).
     """
-    cached = llm._input_ids[: llm.n_tokens]
-    if len(cached) < len(prompt) or list(cached[: len(prompt)]) != prompt:
-        llm.reset()
+    llm.reset()
