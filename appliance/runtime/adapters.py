@@ -100,38 +100,40 @@ def read_header(path: Path) -> GgufHeader:
         return GgufHeader(strings, tensors)
 
 
-def check_adapter(base: Path, adapter: Path) -> None:
-    """Raise ModelLoadError unless `adapter` is a LoRA GGUF whose pairs fit `base`."""
+def check_adapter(base: Path, adapter: Path, label: str | None = None) -> None:
+    """Raise ModelLoadError unless `adapter` is a LoRA GGUF whose pairs fit `base`.
+
+    `label` is the adapter's file name for messages, where `adapter` is a /proc/self/fd path.
+    """
+    label = label or adapter.name
     try:
         base_header, lora = read_header(base), read_header(adapter)
     except (OSError, ValueError, OverflowError, struct.error) as e:
-        raise ModelLoadError(
-            f"adapter {adapter.name} or its base is not a readable GGUF: {e}"
-        ) from e
+        raise ModelLoadError(f"adapter {label} or its base is not a readable GGUF: {e}") from e
     if lora.strings.get("general.type") != "adapter":
-        raise ModelLoadError(f"{adapter.name} is not a GGUF adapter (general.type)")
+        raise ModelLoadError(f"{label} is not a GGUF adapter (general.type)")
     if lora.strings.get("adapter.type") != "lora":
-        raise ModelLoadError(f"{adapter.name} is not a LoRA adapter (adapter.type)")
+        raise ModelLoadError(f"{label} is not a LoRA adapter (adapter.type)")
     arch = lora.strings.get("general.architecture")
     base_arch = base_header.strings.get("general.architecture")
     if arch != base_arch:
-        raise ModelLoadError(f"{adapter.name} is for {arch}, the base model is {base_arch}")
+        raise ModelLoadError(f"{label} is for {arch}, the base model is {base_arch}")
     pairs: dict[str, dict[str, list[int]]] = {}
     for name, dims in lora.tensors.items():
         stem, _, part = name.rpartition(".")
         if part not in ("lora_a", "lora_b"):
-            raise ModelLoadError(f"{adapter.name}: unexpected tensor {name}")
+            raise ModelLoadError(f"{label}: unexpected tensor {name}")
         pairs.setdefault(stem, {})[part] = dims
     if not pairs:
-        raise ModelLoadError(f"{adapter.name} holds no LoRA tensors")
+        raise ModelLoadError(f"{label} holds no LoRA tensors")
     for stem, pair in pairs.items():
         if set(pair) != {"lora_a", "lora_b"}:
-            raise ModelLoadError(f"{adapter.name}: {stem} lacks its lora_a or lora_b")
+            raise ModelLoadError(f"{label}: {stem} lacks its lora_a or lora_b")
         target = base_header.tensors.get(stem)
         a, b = pair["lora_a"], pair["lora_b"]
         if target is None:
-            raise ModelLoadError(f"{adapter.name}: the base model has no tensor {stem}")
+            raise ModelLoadError(f"{label}: the base model has no tensor {stem}")
         if len(a) != 2 or len(b) != 2 or a[0] != target[0] or b[1] != target[1] or a[1] != b[0]:
             raise ModelLoadError(
-                f"{adapter.name}: {stem} pair shapes {a} x {b} do not fit the base {target}"
+                f"{label}: {stem} pair shapes {a} x {b} do not fit the base {target}"
             )

@@ -8,12 +8,22 @@ setting the request's ``cancel`` event (a client that went away) or by not askin
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class SignedFile:
+    """A payload file as the signed manifest of its bundle lists it (checked at every load)."""
+
+    bundle: str  # "NAME VERSION", to name it in messages
+    rel: str  # "payload/PATH": never an absolute path, which would tell a client the layout
+    size: int  # bytes
+    sha256: str  # hex
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,10 @@ class ModelSpec:
     adapter: Path | None = None
     adapter_scale: float = 1.0
     adapter_digest: str | None = None
+    # Every payload file of the bundle (and of the adapter's), by absolute path, as the signed
+    # manifest lists it: a backend checks each file it reads against this at every load.
+    # None for a model not loaded from an installed bundle (a test or a tool on a loose file).
+    files: Mapping[Path, SignedFile] | None = None
 
     @property
     def identity(self) -> tuple[str, str | None]:

@@ -36,7 +36,6 @@ from typing import Any
 
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime import logits, templates
-from appliance.runtime.adapters import check_adapter
 from appliance.runtime.backend import (
     FinishReason,
     GenerationRequest,
@@ -45,7 +44,7 @@ from appliance.runtime.backend import (
     TokenEvent,
 )
 from appliance.runtime.gpu import gpu_present
-from appliance.runtime.llama_backend import LlamaText, default_threads
+from appliance.runtime.llama_backend import LlamaText, default_threads, open_llama
 from appliance.runtime.textstream import TextStream
 
 PREFILL_CHUNK = 256  # prompt tokens evaluated per step, over all prefilling sequences
@@ -131,23 +130,18 @@ class BatchedLlamaBackend(LlamaText):
 
         spec = self.spec
         offload = gpu_present() and bool(llama_cpp.llama_supports_gpu_offload())
-        if spec.adapter is not None:
-            check_adapter(spec.weights, spec.adapter)  # llama.cpp may crash instead
+        # The Llama object holds the weights (checked against the signed manifest: see
+        # open_llama), the tokenizer, the metadata and the LoRA adapter; its own context is
+        # tiny. Generation runs on the batched context below.
+        self._llm = open_llama(
+            spec,
+            offload,
+            n_ctx=HOLDER_CTX,
+            n_batch=HOLDER_CTX,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+        )
         try:
-            # The Llama object holds the weights, the tokenizer, the metadata and the LoRA
-            # adapter; its own context is tiny. Generation runs on the batched context below.
-            self._llm = llama_cpp.Llama(
-                model_path=str(spec.weights),
-                n_ctx=HOLDER_CTX,
-                n_batch=HOLDER_CTX,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                n_gpu_layers=-1 if offload else 0,
-                logits_all=False,
-                lora_path=str(spec.adapter) if spec.adapter else None,
-                lora_scale=spec.adapter_scale,
-                verbose=False,
-            )
             params = llama_cpp.llama_context_default_params()
             params.n_ctx = spec.context_length * self.slots
             params.n_batch = params.n_ubatch = self.prefill_chunk + self.slots

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -27,6 +28,7 @@ from appliance.runtime.backend import (
     TokenEvent,
 )
 from appliance.runtime.gpu import gpu_present
+from appliance.runtime.signed_files import VerifiedFiles
 from appliance.runtime.textstream import TextStream
 
 
@@ -63,6 +65,46 @@ class LlamaText:
             raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it does not generate")
 
 
+def open_llama(spec: ModelSpec, offload: bool, **params: Any) -> Any:
+    """A ``llama_cpp.Llama`` of `spec`'s weights (and adapter), from the signed bytes.
+
+    Both GGUF backends load this way: each file is checked against the bundle's manifest
+    and given to llama.cpp as the descriptor that was hashed, and llama.cpp copies the
+    weights rather than mapping them, so a later change to the file cannot reach the
+    running model (see signed_files). `params` are the context's (n_ctx, threads, ...).
+    """
+    import llama_cpp
+
+    with VerifiedFiles(spec) as files:
+        weights = files.open(spec.weights)
+        adapter = files.open(spec.adapter) if spec.adapter is not None else None
+        if adapter is not None:  # llama.cpp may crash on a bad one instead
+            check_adapter(Path(weights.loader_path), Path(adapter.loader_path), adapter.path.name)
+        try:
+            llm = llama_cpp.Llama(
+                model_path=weights.loader_path,
+                n_gpu_layers=-1 if offload else 0,
+                use_mmap=False,
+                logits_all=False,
+                lora_path=adapter.loader_path if adapter is not None else None,
+                lora_scale=spec.adapter_scale,
+                verbose=False,
+                **params,
+            )
+        except (ValueError, RuntimeError, OSError) as e:
+            with_adapter = f" with adapter {spec.adapter.name}" if spec.adapter else ""
+            raise ModelLoadError(
+                f"cannot load {spec.name} {spec.version} from {spec.weights.name}"
+                f"{with_adapter}: {e}"
+            ) from e
+        try:
+            files.check_unchanged()
+        except ModelLoadError:
+            llm.close()
+            raise
+    return llm
+
+
 class LlamaBackend(LlamaText):
     def __init__(self, spec: ModelSpec, n_threads: int | None = None) -> None:
         if spec.format != "gguf":
@@ -84,27 +126,13 @@ class LlamaBackend(LlamaText):
         import llama_cpp
 
         offload = gpu_present() and bool(llama_cpp.llama_supports_gpu_offload())
-        if self.spec.adapter is not None:
-            check_adapter(self.spec.weights, self.spec.adapter)  # llama.cpp may crash instead
-        try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(self.spec.weights),
-                n_ctx=self.spec.context_length,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                n_gpu_layers=-1 if offload else 0,
-                logits_all=False,
-                lora_path=str(self.spec.adapter) if self.spec.adapter else None,
-                lora_scale=self.spec.adapter_scale,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as e:
-            spec = self.spec
-            with_adapter = f" with adapter {spec.adapter.name}" if spec.adapter else ""
-            raise ModelLoadError(
-                f"cannot load {spec.name} {spec.version} from {spec.weights.name}"
-                f"{with_adapter}: {e}"
-            ) from e
+        self._llm = open_llama(
+            self.spec,
+            offload,
+            n_ctx=self.spec.context_length,
+            n_threads=self.n_threads,
+            n_threads_batch=self.n_threads,
+        )
         self._device = "gpu" if offload else "cpu"
         self._template = templates.choose_template(self.spec.chat_template, self._llm.metadata)
         self._eog = llama_cpp.llama_vocab_is_eog

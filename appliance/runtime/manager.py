@@ -5,6 +5,12 @@ Each active model bundle gets a ``ModelWorker``: one backend, one thread, one bo
 requests go to it at once, and the old worker finishes what it has queued before it closes,
 so a swap fails no request. A model idle longer than its keep-alive is unloaded and loaded
 again on the next request. Nothing is loaded that would not fit in the memory left.
+
+Every load (start, swap, reload after an idle unload, a restart after a crash) checks the
+files the backend reads against the manifest that was verified at install, and a changed
+file is refused with a ModelLoadError naming the bundle and the file (see signed_files). A
+model already loaded keeps the signed bytes it read: llama.cpp and ONNX Runtime hold their
+own copy, so a file changed on disk afterwards never reaches them.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from appliance.bundles import records
 from appliance.errors import ApplianceError, ModelLoadError, ModelNotFoundError
 from appliance.home import Home
 from appliance.runtime.backend import Backend, ModelSpec
+from appliance.runtime.signed_files import ModelFileChangedError, signed_files
 from appliance.settings import RuntimeSettings
 from appliance.state import open_state
 
@@ -51,6 +58,9 @@ class Job:
 
 
 def spec_from_record(home: Home, bundle: records.InstalledBundle) -> ModelSpec:
+    """What loading `bundle` needs, from the manifest state.db recorded when it was verified
+    (not manifest.json on disk): every payload file's size and SHA-256 come along, and the
+    backend checks the files it reads against them at every load (see signed_files)."""
     model: dict[str, Any] = dict(bundle.manifest["model"])
     root = home.bundle_dir(bundle.name, bundle.version)
     known = ("format", "role", "context_length", "file", "chat_template")
@@ -65,7 +75,13 @@ def spec_from_record(home: Home, bundle: records.InstalledBundle) -> ModelSpec:
         weights=root / "payload" / model["file"],
         chat_template=model.get("chat_template"),
         extra={k: v for k, v in model.items() if k not in known},
+        files=signed_files(f"{bundle.name} {bundle.version}", root / "payload", bundle.manifest),
     )
+
+
+def _base_is_at_fault(error: ModelLoadError, spec: ModelSpec) -> bool:
+    """A changed file of the base model is no reason to leave its adapter out."""
+    return isinstance(error, ModelFileChangedError) and error.path != spec.adapter
 
 
 def capped(spec: ModelSpec, context_length: int) -> ModelSpec:
@@ -101,7 +117,9 @@ def check_memory(spec: ModelSpec, available: int | None = None, slots: int = 1) 
     A batched GGUF model keeps `slots` contexts' worth of KV memory.
     """
     free = psutil.virtual_memory().available if available is None else available
-    weights = spec.weights.stat().st_size
+    signed = (spec.files or {}).get(spec.weights)
+    # the signed size: a missing or changed file is for the load's own check to name
+    weights = signed.size if signed is not None else spec.weights.stat().st_size
     if spec.format != "gguf" or spec.role not in ("chat", "completion"):
         slots = 1
     slots = int(spec.extra.get("slots", slots))
@@ -254,13 +272,16 @@ class ModelManager:
                 continue
             if adapter.digest in self.bad_adapters:
                 continue
+            payload = self.home.bundle_dir(adapter.name, adapter.version) / "payload"
+            adapter_files = signed_files(
+                f"{adapter.name} {adapter.version}", payload, adapter.manifest
+            )
             specs[base.name] = dataclasses.replace(
                 base,
-                adapter=self.home.bundle_dir(adapter.name, adapter.version)
-                / "payload"
-                / model["file"],
+                adapter=payload / model["file"],
                 adapter_scale=float(model.get("scale", 1.0)),
                 adapter_digest=adapter.digest,
+                files={**(base.files or {}), **adapter_files},
             )
         return specs
 
@@ -294,7 +315,7 @@ class ModelManager:
             try:
                 backend.load()
             except ModelLoadError as e:
-                if spec.adapter is None:
+                if spec.adapter is None or _base_is_at_fault(e, spec):
                     raise
                 # A bad adapter must not take its base model down: serve the base without
                 # it, and leave that adapter bundle out until another one is activated.

@@ -7,7 +7,9 @@ names another path). Inputs are ``input_ids`` plus, when the model asks for them
 attention mask (``model.pooling = "cls"`` takes the first token instead). Vectors come back
 L2-normalised; a text that makes no tokens at all gets the zero vector. CUDA is asked for
 only when a GPU is really there, so a CPU-only box logs no CUDA error. A model without an
-``attention_mask`` input is given one text at a time, so it never sees padding.
+``attention_mask`` input is given one text at a time, so it never sees padding. The model
+and the tokenizer are read once, checked against the signed manifest, and loaded from those
+bytes (see signed_files); a model with its weights in an external-data file is not supported.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime.backend import Generation, GenerationRequest, ModelSpec
 from appliance.runtime.gpu import gpu_present
+from appliance.runtime.signed_files import VerifiedFiles
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -90,13 +93,28 @@ class OnnxBackend:
             raise ModelLoadError(
                 f"{self._label}: model.pooling '{self._pooling}' is not one of {POOLINGS}"
             )
+        with VerifiedFiles(self.spec) as files:  # each file read once, checked, then used
+            tokenizer, counter = self._load_tokenizers(files)
+            session = self._load_session(files)
+        self._inputs = self._check_inputs(session)
+        self._output = self._pick_output(session)
+        self._pad_id = self._find_pad_id(tokenizer)
+        self._tokenizer = tokenizer
+        self._counter = counter
+        self._session = session
+
+    def _load_tokenizers(self, files: VerifiedFiles) -> tuple[Any, Any]:
+        """The tokenizer (truncating to the context length) and a counter (not truncating),
+        from the checked bytes of the bundle's tokenizer file."""
         tokenizer_rel = str(self.spec.extra.get("tokenizer", "tokenizer.json"))
-        tokenizer_path = self.spec.payload / tokenizer_rel
         try:
             from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_file(str(tokenizer_path))
-            counter = Tokenizer.from_file(str(tokenizer_path))
+            data = files.read(self.spec.payload / tokenizer_rel)
+            tokenizer = Tokenizer.from_buffer(data)
+            counter = Tokenizer.from_buffer(data)
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise ModelLoadError(
                 f"{self._label}: cannot load tokenizer {tokenizer_rel}: {_one_line(e)}"
@@ -105,25 +123,24 @@ class OnnxBackend:
         tokenizer.enable_truncation(max_length=self.spec.context_length)
         counter.no_padding()
         counter.no_truncation()
+        return tokenizer, counter
+
+    def _load_session(self, files: VerifiedFiles) -> Any:
+        """An ONNX Runtime session of the checked bytes of the model file."""
         try:
             import onnxruntime as ort
 
+            data = files.read(self.spec.weights)
             options = ort.SessionOptions()
             options.log_severity_level = 3  # errors only: no warnings about unused initializers
             providers = choose_providers(ort.get_available_providers(), gpu_present())
-            session = ort.InferenceSession(
-                str(self.spec.weights), sess_options=options, providers=providers
-            )
+            return ort.InferenceSession(data, sess_options=options, providers=providers)
+        except ModelLoadError:
+            raise
         except Exception as e:
             raise ModelLoadError(
                 f"{self._label}: cannot load ONNX model {self.spec.weights.name}: {_one_line(e)}"
             ) from e
-        self._inputs = self._check_inputs(session)
-        self._output = self._pick_output(session)
-        self._pad_id = self._find_pad_id(tokenizer)
-        self._tokenizer = tokenizer
-        self._counter = counter
-        self._session = session
 
     def _check_inputs(self, session: Any) -> dict[str, Any]:
         inputs: dict[str, Any] = {}
