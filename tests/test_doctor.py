@@ -16,12 +16,14 @@ import pytest
 from appliance.bundles import trust
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.manifest import parse_timestamp
+from appliance.bundles.pack import pack, sign
 from appliance.cli import main
 from appliance.doctor import Check, run_checks
 from appliance.home import Home
 from appliance.offline.identity import Identity
 from appliance.outbox import MapCipher
 from tests.helpers import Key, make_bundle
+from tests.onnx_models import write_embedding_source
 
 GiB, MiB = 1024**3, 1024**2
 BUNDLE = "bundle site-policy 1.0.0"
@@ -173,6 +175,29 @@ def test_a_tampered_inactive_version_says_not_to_activate_it(
     failed = checks[BUNDLE]
     assert failed.status == "fail" and "do not activate site-policy 1.0.0" in failed.fix
     assert "rollback" not in failed.fix
+
+
+def test_a_changed_active_model_file_fails_with_the_fix(
+    installed: Home, manager: BundleManager, workdir: Path, key: Key, capsys
+):
+    """The file the daemon would load (and now refuses to): FAIL, and what to do."""
+    bundle = workdir / "mini-embed.bundle"
+    pack(write_embedding_source(workdir / "src-embed"), bundle)
+    sign(bundle, key.private)
+    manager.install(bundle)
+    target = _writable(installed.bundle_dir("mini-embed", "1.0.0") / "payload" / "model.onnx")
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+
+    checks = run_checks(installed)
+    (failed,) = _failed(checks)
+    assert failed.name == "bundle mini-embed 1.0.0"
+    assert failed.detail == "payload/model.onnx does not match its SHA-256"
+    assert failed.fix.startswith("appliance bundle rollback mini-embed")
+    assert "refuses to load mini-embed 1.0.0" in failed.fix
+    assert main(["doctor"]) == 1
+    assert "FAIL" in capsys.readouterr().out
 
 
 def test_an_unrecorded_bundle_folder_warns(installed: Home):

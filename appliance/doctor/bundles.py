@@ -50,6 +50,12 @@ def _repair(bundle: InstalledBundle) -> str:
     # digest and answers "already installed" without touching the files.
     why = "its files no longer match what was verified at install: find out who changed them"
     if bundle.active:
+        if bundle.kind in ("model", "adapter"):
+            # the daemon checks every file it loads against the manifest (runtime.signed_files)
+            why += (
+                f"; the daemon refuses to load {bundle.name} {bundle.version} again (at its next "
+                "start, swap or reload after an idle unload)"
+            )
         return (
             f"appliance bundle rollback {bundle.name} (back to the previous version), or install "
             f"a newer signed version of {bundle.name}; {why}"
