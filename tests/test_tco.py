@@ -109,6 +109,8 @@ def test_every_figure_matches_the_hand_computed_ledger(home: Home, capsys):
         "answers": 2,
         "tokens": (300 + 150) + (400 + 200),
         "cost_usd": 0.0049,
+        "estimated_requests": 0,
+        "estimated_cost_usd": 0,
     }
     # the local request's tokens at the API: (100 x 2 + 50 x 10) / 1e6
     assert r["api_cost_avoided_usd"] == pytest.approx(0.0007)
@@ -183,7 +185,14 @@ def test_an_empty_ledger_and_the_json_shape(home: Home, capsys):
         "since": None,
         "requests": {"local": 0, "queued": 0, "escalated": 0, "refused": 0},
         "local": {"requests": 0, "tokens": 0},
-        "escalated": {"requests": 0, "answers": 0, "tokens": 0, "cost_usd": 0},
+        "escalated": {
+            "requests": 0,
+            "answers": 0,
+            "tokens": 0,
+            "cost_usd": 0,
+            "estimated_requests": 0,
+            "estimated_cost_usd": 0,
+        },
         "api_cost_avoided_usd": 0,
         "local_cost_usd": 0,
         "local_run_hours": 0,
@@ -197,6 +206,32 @@ def test_an_empty_ledger_and_the_json_shape(home: Home, capsys):
     assert not home.state_db.exists()  # a report writes nothing
     assert main(["report", "tco"]) == 0
     assert "no requests in the ledger yet" in capsys.readouterr().out
+
+
+def test_an_estimated_upstream_request_is_billed_and_marked(home: Home, capsys):
+    """A request sent without a usable answer may still be billed: its estimate is in the
+    cost, and counted apart so the operator sees how much of the bill is a guess."""
+    _fill(home)
+    ledger = _ledger(home, ["2030-05-02T11:00:00Z"])
+    ledger.upstream_answer(
+        POLICY,
+        request_id="r9",
+        upstream="cloud",
+        prompt_tokens=100,
+        completion_tokens=64,
+        cost_usd=0.001,
+        estimated=True,
+    )
+    ledger.close()
+    r = _report(capsys)
+    assert r["escalated"]["answers"] == 3
+    assert r["escalated"]["cost_usd"] == pytest.approx(0.0049 + 0.001)
+    assert (r["escalated"]["estimated_requests"], r["escalated"]["estimated_cost_usd"]) == (
+        1,
+        pytest.approx(0.001),
+    )
+    assert main(["report", "tco"]) == 0
+    assert "of which estimated" in capsys.readouterr().out
 
 
 def test_a_bad_since_is_a_usage_error(home: Home, capsys):

@@ -93,6 +93,9 @@ class Decided:
     upstream: str | None = None
     upstream_answer: UpstreamAnswer | None = None  # set when the upstream answered
     text: str = ""  # the upstream's answer, re-hydrated (route "escalated")
+    # why an escalation the policy wanted did not happen (the outbox is full): the device
+    # reads it in the body's `appliance.note`
+    note: str | None = None
 
     def envelope(self, worker: ModelWorker, policy_label: str) -> dict[str, Any]:
         """The ``appliance`` object of the response body."""
@@ -108,6 +111,8 @@ class Decided:
             document["escalation_id"] = self.escalation_id
         if self.upstream is not None:
             document["upstream"] = self.upstream
+        if self.note is not None:
+            document["note"] = self.note
         return document
 
     def headers(self) -> dict[str, str]:
@@ -115,6 +120,17 @@ class Decided:
         if self.escalation_id is not None:
             headers["X-Appliance-Escalation-Id"] = self.escalation_id
         return headers
+
+
+@dataclass
+class UpstreamFirst:
+    """What asking the upstream before the local model gave (``try_upstream_first``)."""
+
+    decided: Decided | None = None  # the upstream answered: this is the response
+    # kept in the outbox without an answer yet (the uplink failed or was slow): if the
+    # request is escalated after the local answer, it is this item, never a second one
+    kept: Escalation | None = None
+    reasons: list[str] = field(default_factory=list)  # what happened, for the audit
 
 
 def refusal(decided: Decided, envelope: dict[str, Any]) -> APIError:
@@ -233,6 +249,9 @@ class Governor:
                 answer = await self.escalator.answer_now(
                     item, self.settings.server.request_timeout_s
                 )
+            except EscalationUnavailable as e:
+                self._unavailable(decided, e)
+                return
             except UplinkError as e:
                 decided.reasons.append(f"upstream failed ({e}): queued instead")
             else:
@@ -242,16 +261,22 @@ class Governor:
                 decided.text = rehydrate(answer.text, mapping)
                 return
         try:
-            await self.escalator.enqueue(item)
+            await self.escalator.enqueue(item)  # the same id again (a slow send) changes nothing
         except EscalationUnavailable as e:
-            decided.route = "local"
-            decided.upstream = None
-            decided.reasons.append(f"{e}: the local answer stands")
+            self._unavailable(decided, e)
             return
         decided.route = "queued"
         decided.escalation_id = item.id
 
-    async def try_upstream_first(self, inbound: Inbound, plan: router.Plan) -> Decided | None:
+    @staticmethod
+    def _unavailable(decided: Decided, error: EscalationUnavailable) -> None:
+        """Nothing can keep the escalation (a full outbox): the local answer stands."""
+        decided.route = "local"
+        decided.upstream = None
+        decided.note = f"escalation unavailable: {error}"
+        decided.reasons.append(f"{error}: the local answer stands")
+
+    async def try_upstream_first(self, inbound: Inbound, plan: router.Plan) -> UpstreamFirst:
         """For a plan that skips the local answer: the upstream's answer, if it gives one."""
         policy = self.active.policy
         verdict = None
@@ -260,20 +285,21 @@ class Governor:
                 policy, plan, self.escalator.uplink_up(plan.upstream.name)
             )
         if verdict is None:
-            return None
+            return UpstreamFirst()
         decided = Decided("local", [*plan.reasons, *verdict.reasons], plan.classification)
         item = self._escalation(inbound, plan, None, None)
         assert plan.egress is not None
         try:
             answer = await self.escalator.answer_now(item, self.settings.server.request_timeout_s)
+        except EscalationUnavailable as e:
+            return UpstreamFirst(reasons=[f"{e}: answered locally"])
         except UplinkError as e:
-            decided.reasons.append(f"upstream failed ({e}): answered locally")
-            return None
+            return UpstreamFirst(kept=item, reasons=[f"upstream failed ({e}): answered locally"])
         decided.route, decided.escalation_id, decided.upstream = "escalated", item.id, item.upstream
         decided.upstream_answer = answer
         decided.text = rehydrate(answer.text, dict(plan.egress.mapping))
         self.record(inbound, decided)
-        return decided
+        return UpstreamFirst(decided=decided)
 
     async def judge(
         self,
@@ -282,8 +308,14 @@ class Governor:
         events: Sequence[TokenEvent],
         result: GenerationResult,
         streamed: bool,
+        first: UpstreamFirst | None = None,
     ) -> Decided:
-        """After the local answer: does it stand? Escalates or queues as the verdict says."""
+        """After the local answer: does it stand? Escalates or queues as the verdict says.
+
+        `first`: what asking the upstream first gave, when the plan did; an item it kept is
+        the escalation (it is already in the outbox, and maybe in flight).
+        """
+        first = first or UpstreamFirst()
         ran_until = time.perf_counter()  # the local run's end, before any upstream wait
         policy = self.active.policy
         cascade = policy.cascade
@@ -295,9 +327,16 @@ class Governor:
         uplink = plan.upstream is not None and self.escalator.uplink_up(plan.upstream.name)
         verdict = router.after_local(policy, plan, conf, streamed, uplink)
         decided = Decided(
-            verdict.route, [*plan.reasons, *verdict.reasons], plan.classification, conf
+            verdict.route,
+            [*plan.reasons, *first.reasons, *verdict.reasons],
+            plan.classification,
+            conf,
         )
-        if verdict.escalate:
+        if verdict.escalate and first.kept is not None:
+            await self.escalator.note_local(first.kept, result.text, conf)
+            decided.route, decided.upstream = "queued", first.kept.upstream
+            decided.escalation_id = first.kept.id
+        elif verdict.escalate:
             assert plan.egress is not None
             item = self._escalation(inbound, plan, result.text, conf)
             await self._escalate(decided, item, verdict.sync, dict(plan.egress.mapping))

@@ -111,12 +111,13 @@ async def _respond(
     label = gov.active.current.label
     plan = await gov.plan(inbound)
 
+    asked = governed.UpstreamFirst()
     if plan.skip_local:
         # the limits hold whichever way the request goes (the local path checks them too)
         await inference.check_prompt(worker, inbound.source, limits)
-        decided = await gov.try_upstream_first(inbound, plan)
-        if decided is not None:
-            return _upstream_answer(decided, worker, label, fmt, stream, include_usage)
+        asked = await gov.try_upstream_first(inbound, plan)
+        if asked.decided is not None:
+            return _upstream_answer(asked.decided, worker, label, fmt, stream, include_usage)
 
     inbound.generation.confidence = gov.wants_confidence(plan)
     hold = stream and gov.must_hold_stream(plan)
@@ -125,7 +126,7 @@ async def _respond(
     )
     if not stream or hold:
         content, result = await governed.collect(events)
-        decided = await gov.judge(inbound, plan, content, result, streamed=False)
+        decided = await gov.judge(inbound, plan, content, result, streamed=False, first=asked)
         envelope = decided.envelope(worker, label)
         if decided.route == "refused":
             raise governed.refusal(decided, envelope)
@@ -152,7 +153,7 @@ async def _respond(
                 if piece is not None:
                     yield formats.sse(piece)
                 item = await anext(events)
-            decided = await gov.judge(inbound, plan, content, item, streamed=True)
+            decided = await gov.judge(inbound, plan, content, item, streamed=True, first=asked)
             judged = True
             yield formats.sse(
                 fmt.closing(formats.finish_of(item.finish_reason), decided.envelope(worker, label))
@@ -165,7 +166,9 @@ async def _respond(
         finally:
             if not judged:  # the client went away mid-stream: the decision is still audited
                 gone = governed.Decided(
-                    "local", [*plan.reasons, "stream ended early"], plan.classification
+                    "local",
+                    [*plan.reasons, *asked.reasons, "stream ended early"],
+                    plan.classification,
                 )
                 gov.record(inbound, gone)
 

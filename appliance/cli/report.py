@@ -80,6 +80,12 @@ def _table(d: dict[str, Any]) -> Table:
         "tokens escalated", f"{d['escalated']['tokens']:,} ({d['escalated']['answers']} answers)"
     )
     table.add_row("escalated tokens cost", _usd(d["escalated"]["cost_usd"]))
+    if d["escalated"]["estimated_requests"]:
+        table.add_row(
+            "  of which estimated",
+            f"{_usd(d['escalated']['estimated_cost_usd'])} "
+            f"({d['escalated']['estimated_requests']} requests sent without a usable answer)",
+        )
     table.add_row("local tokens at API prices", _usd(d["api_cost_avoided_usd"]))
     table.add_row(
         f"local cost ({_duration(d['local_run_hours'])} of model time)", _usd(d["local_cost_usd"])

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +37,9 @@ from appliance.tco.ledger import Ledger
 from appliance.upstream import UplinkMonitor, UpstreamClient, UpstreamError
 
 log = logging.getLogger("appliance.sync")
+
+# seconds a lease outlasts the longest request it covers (sync.request_timeout_s)
+LEASE_MARGIN_S = 10.0
 
 
 @dataclass
@@ -74,6 +77,11 @@ def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random) ->
     """Exponential backoff with full jitter over its upper half: base * 2^(attempts-1)."""
     ceiling = min(max_s, base_s * 2 ** max(attempts - 1, 0))
     return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def estimated_prompt_tokens(messages: Iterable[Mapping[str, str]]) -> int:
+    """A generous guess of a prompt's tokens (~3 characters a token) where none was counted."""
+    return sum(len(m.get("content", "")) for m in messages) // 3 + 1
 
 
 def today_start(now: datetime) -> datetime:
@@ -144,8 +152,21 @@ class SyncEngine:
 
     # -- sending -----------------------------------------------------------------------
 
+    @property
+    def lease_s(self) -> float:
+        """How long a sender holds an item: longer than one request can take, so that no
+        other sender takes an item whose request may still be in flight."""
+        sync, outbox = self.settings.sync, self.settings.outbox
+        return max(outbox.lease_s, sync.request_timeout_s + LEASE_MARGIN_S)
+
     async def send(self, item: Escalation) -> UpstreamAnswer:
-        """Send one item now and record the answer (raises UpstreamError)."""
+        """Send one item now and record the answer (raises UpstreamError).
+
+        Every request that may have been billed is in the ledger: an answer with the usage
+        the upstream reported (a repeat too: the major APIs do not deduplicate on
+        ``Idempotency-Key``), a request that reached the upstream without a usable answer
+        (or was abandoned mid-flight) with an estimate, marked as such.
+        """
         client = self.clients.get(item.upstream)
         if client is None:
             raise UpstreamError(f"upstream {item.upstream!r} is not configured", retryable=False)
@@ -155,12 +176,19 @@ class SyncEngine:
         except UpstreamError as e:
             if e.retryable:
                 self.monitor.mark_down(item.upstream, str(e))
+            if e.reached:
+                self._estimate(item, time.perf_counter() - started)
+            raise
+        except asyncio.CancelledError:  # shutting down with the request in flight
+            self._estimate(item, time.perf_counter() - started)
             raise
         self.monitor.mark_up(item.upstream)
         upstream = self.upstreams[item.upstream]
         cost = cost_usd(self.policy(), upstream, answer.prompt_tokens, answer.completion_tokens)
         first = await asyncio.to_thread(self.outbox.complete, item.id, self.owner, answer, cost)
-        if first and self.ledger is not None:  # a repeat answer was not paid twice
+        if not first:
+            log.warning("escalation %s was answered twice; both answers are in the ledger", item.id)
+        if self.ledger is not None:
             self.ledger.upstream_answer(
                 self.policy(),
                 request_id=item.id,
@@ -172,6 +200,42 @@ class SyncEngine:
             )
         self.last_sync_at = self.clock()
         return answer
+
+    def _estimate(self, item: Escalation, seconds: float) -> None:
+        """Ledger an estimate for a request that may be billed but gave no usage."""
+        upstream = self.upstreams.get(item.upstream)
+        if self.ledger is None or upstream is None:
+            return
+        prompt = estimated_prompt_tokens(item.messages)
+        self.ledger.upstream_answer(
+            self.policy(),
+            request_id=item.id,
+            upstream=item.upstream,
+            prompt_tokens=prompt,
+            completion_tokens=item.max_tokens,
+            cost_usd=cost_usd(self.policy(), upstream, prompt, item.max_tokens),
+            seconds=seconds,
+            estimated=True,
+        )
+
+    async def settle_failure(
+        self, id: str, attempts: int, error: UpstreamError, owner: str | None = None
+    ) -> str:
+        """After a failed send of an item leased to `owner` (default: this engine): back to
+        the queue with a backoff, or failed for good; returns "retry" or "failed"."""
+        owner = owner or self.owner
+        if not error.retryable:
+            await asyncio.to_thread(self.outbox.fail, id, owner, str(error))
+            log.warning("escalation %s failed for good: %s", id, error)
+            return "failed"
+        sync = self.settings.sync
+        wait = backoff_s(attempts, sync.backoff_base_s, sync.backoff_max_s, self.rng)
+        if error.retry_after_s is not None:
+            wait = max(wait, error.retry_after_s)
+        when = self.clock() + timedelta(seconds=wait)
+        await asyncio.to_thread(self.outbox.release, id, owner, str(error), when)
+        log.info("escalation %s retries in %.0f s: %s", id, wait, error)
+        return "retry"
 
     async def drain_once(self) -> DrainReport:
         """One round: expire, check the budget, take what is due for live uplinks, send it."""
@@ -186,7 +250,7 @@ class SyncEngine:
             return report
         self.waiting = None
         items = await asyncio.to_thread(
-            self.outbox.claim, self.owner, self.settings.sync.batch, live
+            self.outbox.claim, self.owner, self.settings.sync.batch, live, self.lease_s
         )
         slots = asyncio.Semaphore(self.settings.sync.concurrency)
         landed = asyncio.Condition()
@@ -231,7 +295,7 @@ class SyncEngine:
         upstream = self.upstreams.get(item.upstream)
         if upstream is None:
             return 0.0
-        prompt = sum(len(m.get("content", "")) for m in item.messages) // 3 + 1
+        prompt = estimated_prompt_tokens(item.messages)
         completion = int(item.params.get("max_tokens", 256))
         return cost_usd(self.policy(), upstream, prompt, completion)
 
@@ -240,21 +304,12 @@ class SyncEngine:
             await self.send(escalation_of(item))
         except UpstreamError as e:
             report.errors.append(f"{item.id}: {e}")
-            outcome = "retry" if e.retryable else "failed"
+            outcome = await self.settle_failure(item.id, item.attempts, e)
             metrics.SYNC_ATTEMPTS.labels(item.upstream, outcome).inc()
-            if not e.retryable:
-                await asyncio.to_thread(self.outbox.fail, item.id, self.owner, str(e))
+            if outcome == "failed":
                 report.failed += 1
-                log.warning("escalation %s failed for good: %s", item.id, e)
-                return
-            sync = self.settings.sync
-            wait = backoff_s(item.attempts, sync.backoff_base_s, sync.backoff_max_s, self.rng)
-            if e.retry_after_s is not None:
-                wait = max(wait, e.retry_after_s)
-            when = self.clock() + timedelta(seconds=wait)
-            await asyncio.to_thread(self.outbox.release, item.id, self.owner, str(e), when)
-            report.retried += 1
-            log.info("escalation %s retries in %.0f s: %s", item.id, wait, e)
+            else:
+                report.retried += 1
         else:
             metrics.SYNC_ATTEMPTS.labels(item.upstream, "sent").inc()
             report.sent += 1

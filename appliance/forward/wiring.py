@@ -19,6 +19,8 @@ from appliance.settings import Settings
 from appliance.tco.ledger import Ledger
 from appliance.upstream import UplinkMonitor, UpstreamClient
 
+SHUTDOWN_WAIT_S = 5.0  # seconds a stopping daemon waits for escalations still in flight
+
 
 @dataclass
 class Forwarding:
@@ -50,6 +52,8 @@ class Forwarding:
                 return total
 
     async def aclose(self) -> None:
+        # a send in flight ends (answer stored) or keeps its lease for the next start
+        await self.escalator.wait_idle(SHUTDOWN_WAIT_S)
         for client in self.clients.values():
             with contextlib.suppress(Exception):
                 await client.aclose()

@@ -92,13 +92,22 @@ class Escalator(Protocol):
         """Whether `upstream` answered its last probe (cheap: no network call here)."""
 
     async def answer_now(self, item: Escalation, timeout_s: float) -> UpstreamAnswer:
-        """Ask `item.upstream` now; raise ``UplinkError`` if it cannot answer."""
+        """Ask `item.upstream` now; keeps `item` first, and sends it at most once at a time.
+
+        Raises ``UplinkError`` if no answer is to be had now (the item stays kept, to be
+        answered later), ``EscalationUnavailable`` if nothing can keep it (nothing is sent).
+        """
 
     async def enqueue(self, item: Escalation) -> None:
         """Keep `item` until it can be sent; durable when this returns.
 
         Raises ``EscalationUnavailable`` when nothing can keep it.
         """
+
+    async def note_local(
+        self, item: Escalation, local_answer: str, confidence: float | None
+    ) -> None:
+        """Add the local answer to a kept `item` that was stored before it existed."""
 
 
 class NoEscalator:
@@ -112,3 +121,8 @@ class NoEscalator:
 
     async def enqueue(self, item: Escalation) -> None:
         raise EscalationUnavailable("store-and-forward is not configured on this box")
+
+    async def note_local(
+        self, item: Escalation, local_answer: str, confidence: float | None
+    ) -> None:
+        return None

@@ -73,6 +73,15 @@ def claim(
     ]
 
 
+def take(conn: sqlite3.Connection, id: str, owner: str, now: datetime, lease_s: float) -> None:
+    """A just-inserted ``queued`` item ``-> sending`` under `owner`'s lease (one attempt)."""
+    conn.execute(
+        "UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, "
+        "attempts = attempts + 1 WHERE id = ? AND state = 'queued'",
+        (owner, fmt_time(now + timedelta(seconds=lease_s)), id),
+    )
+
+
 def complete(
     conn: sqlite3.Connection, id: str, answer: UpstreamAnswer, cost_usd: float, now: datetime
 ) -> bool:

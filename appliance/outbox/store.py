@@ -119,13 +119,31 @@ class Outbox:
         """
         self.enqueue_many((item,))
 
-    def enqueue_many(self, items: Sequence[Escalation]) -> None:
-        """Enqueue several items in one transaction: all are kept, or (on an error) none."""
+    def enqueue_leased(self, item: Escalation, owner: str, lease_s: float) -> bool:
+        """Keep `item` already leased to `owner` (``sending``) for `lease_s` seconds.
+
+        For a sender that sends the item itself right away (an escalation answered now): no
+        other sender may take it while that send is in flight, and if this process dies the
+        lease runs out and the drain takes it then. False (nothing changed) when the id is
+        already in the outbox: someone else owns its fate.
+        """
+        return self.enqueue_many((item,), lease=(owner, lease_s)) == 1
+
+    def enqueue_many(
+        self, items: Sequence[Escalation], lease: tuple[str, float] | None = None
+    ) -> int:
+        """Enqueue several items in one transaction: all are kept, or (on an error) none.
+
+        Returns how many were new (an id already present is left as it is). With `lease`
+        (owner, seconds) the new items start ``sending`` under that lease (see
+        `enqueue_leased`).
+        """
         now = self._now()
         next_attempt = fmt_time(now)
         new = [self._row(item, now, next_attempt) for item in items]  # sealed outside the lock
         if not new:
-            return
+            return 0
+        added = 0
         with write_transaction(self._db()) as conn:
             ids = [row[0] for row in new]
             present = {
@@ -144,7 +162,24 @@ class Outbox:
                 present.add(row[0])
                 room.make(size=row[-1], priority=row[2])
                 conn.execute(rows.INSERT_ITEM, row)
+                added += 1
+                if lease is not None:
+                    owner, seconds = lease
+                    leases.take(conn, row[0], owner, now, seconds)
         capacity.log_dropped(room.dropped)
+        return added
+
+    def note_local_answer(
+        self, item: Escalation, local_answer: str, confidence: float | None
+    ) -> None:
+        """Keep the local answer beside a kept item that had none (it was sent upstream
+        before the local model ran): golden-set material, in egress terms like any other."""
+        with write_transaction(self._db()) as conn:
+            conn.execute(
+                "UPDATE outbox SET local_answer = ?, confidence = ? "
+                "WHERE id = ? AND local_answer IS NULL",
+                (rows.in_egress_terms(local_answer, item.mapping), confidence, item.id),
+            )
 
     def _row(self, item: Escalation, now: datetime, next_attempt: str) -> tuple[Any, ...]:
         """The INSERT values of `item`; its map is sealed here, before any lock is taken."""
@@ -265,9 +300,14 @@ class Outbox:
     # -- senders (the SQL of each transition is in ``leases``) -------------------------
 
     def claim(
-        self, owner: str, limit: int, upstreams: Collection[str] | None = None
+        self,
+        owner: str,
+        limit: int,
+        upstreams: Collection[str] | None = None,
+        lease_s: float | None = None,
     ) -> builtins.list[OutboxItem]:
-        """Lease up to `limit` items to `owner` for ``lease_s`` seconds; returns them updated.
+        """Lease up to `limit` items to `owner` for `lease_s` seconds (default: the
+        ``lease_s`` setting); returns them updated.
 
         Takes queued items whose next attempt is due, and ``sending`` items whose lease ran
         out (their sender died), none past expiry; only for `upstreams` when given; highest
@@ -278,7 +318,8 @@ class Outbox:
             return []
         now = self._now()
         with write_transaction(self._db()) as conn:
-            return leases.claim(conn, owner, limit, upstreams, now, self.settings.lease_s)
+            seconds = self.settings.lease_s if lease_s is None else lease_s
+            return leases.claim(conn, owner, limit, upstreams, now, seconds)
 
     def complete(self, id: str, owner: str, answer: UpstreamAnswer, cost_usd: float) -> bool:
         """Record the upstream's answer and mark the item done, in one transaction.

@@ -57,6 +57,7 @@ SCHEMA = (
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at)",
 )
+ESTIMATED_ROUTE = "upstream-estimated"  # an upstream row whose usage is an estimate
 GPU_SAMPLE_S = 5.0  # seconds between nvidia-smi power readings
 
 
@@ -211,8 +212,14 @@ class Ledger:
         completion_tokens: int,
         cost_usd: float,
         seconds: float = 0.0,
+        estimated: bool = False,
     ) -> None:
-        """An answer received from an upstream (now, by sync, or by USB import)."""
+        """An answer received from an upstream (now, by sync, or by USB import).
+
+        `estimated`: a request that may have reached the upstream (and be billed) but gave
+        no usable answer, so no usage: its tokens and cost are an estimate, and the row's
+        route says so (``upstream-estimated``).
+        """
         _, price_in, price_out = self.reference(policy, upstream)
         self._writer.write(
             {
@@ -220,7 +227,7 @@ class Ledger:
                 "kind": "upstream",
                 "request_id": request_id,
                 "model": None,
-                "route": "upstream",
+                "route": ESTIMATED_ROUTE if estimated else "upstream",
                 "device": None,
                 "upstream": upstream,
                 "prompt_tokens": prompt_tokens,

@@ -30,7 +30,7 @@ from typing import Any
 
 from appliance.errors import UsageError
 from appliance.home import Home
-from appliance.tco.ledger import TABLE
+from appliance.tco.ledger import ESTIMATED_ROUTE, TABLE
 
 ROUTES = ("local", "queued", "escalated", "refused")
 ESCALATED = ("escalated", "queued")
@@ -101,6 +101,7 @@ def build(
     """The report's figures; `upstreams`: config.toml's upstream names (None: not known)."""
     routes = {route: _Sum() for route in ROUTES}
     answers = _Sum()
+    estimated = _Sum()  # upstream requests without usage (no answer): estimated cost
     priced: set[str] = set()
     days: dict[str, dict[str, int]] = {}
     for day, kind, route, upstream, count, tokens, api, local, wall in _groups(home, since):
@@ -108,6 +109,8 @@ def build(
         tally = days.setdefault(day, {"local_tokens": 0, "escalated_tokens": 0})
         if kind == "upstream":
             answers.add(*row)
+            if route == ESTIMATED_ROUTE:
+                estimated.add(*row)
             tally["escalated_tokens"] += row[1]
             continue
         routes.setdefault(route, _Sum()).add(*row)
@@ -131,6 +134,8 @@ def build(
             "answers": answers.count,
             "tokens": answers.tokens,
             "cost_usd": round(answers.api_usd, 6),
+            "estimated_requests": estimated.count,
+            "estimated_cost_usd": round(estimated.api_usd, 6),
         },
         "api_cost_avoided_usd": round(avoided, 6),
         "local_cost_usd": round(local_cost, 6),

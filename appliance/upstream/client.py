@@ -223,10 +223,14 @@ class UpstreamClient:
         )
         if not 200 <= status < 300:
             raise self._status_error("POST", path, status, response_headers, raw)
-        data = self._json(raw, path)
-        if self.kind == "anthropic":
-            return self._anthropic_answer(data)
-        return self._openai_answer(data)
+        try:
+            data = self._json(raw, path)
+            if self.kind == "anthropic":
+                return self._anthropic_answer(data)
+            return self._openai_answer(data)
+        except UpstreamError as e:  # a 2xx answer was given: billed, whatever it held
+            e.reached = True
+            raise
 
     async def probe(self) -> None:
         """Check that the upstream answers and accepts the key: ``GET {base_url}/models``."""
@@ -296,9 +300,11 @@ class UpstreamClient:
                 ) as response:
                     raw = await self._read(response)
                     return response.status_code, response.headers, raw
-        except (TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException) as e:
+            # past connecting, the request may have been read and answered (and billed)
+            reached = not isinstance(e, httpx.ConnectTimeout | httpx.PoolTimeout)
             raise self._error(
-                f"no answer to {method} {path} within {timeout_s:g} s", True
+                f"no answer to {method} {path} within {timeout_s:g} s", True, reached=reached
             ) from None
         except httpx.TransportError as e:
             tls = _tls_cause(e)
@@ -310,6 +316,7 @@ class UpstreamClient:
             raise self._error(
                 f"{method} {path} failed: {type(e).__name__}: {str(e)[:200] or 'no detail'}",
                 True,
+                reached=not isinstance(e, httpx.ConnectError),
             ) from None
         except httpx.InvalidURL as e:
             raise self._error(f"base_url is not a usable URL: {e}", False) from None
@@ -320,7 +327,9 @@ class UpstreamClient:
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > MAX_RESPONSE_BYTES:
-                raise self._error(f"answer larger than {MAX_RESPONSE_BYTES} bytes", True)
+                raise self._error(
+                    f"answer larger than {MAX_RESPONSE_BYTES} bytes", True, reached=True
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 

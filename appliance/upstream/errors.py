@@ -36,16 +36,21 @@ class UpstreamError(UplinkError):
         retryable: bool,
         status: int | None = None,
         retry_after_s: float | None = None,
+        reached: bool = False,
     ) -> None:
         super().__init__(" ".join(message.split()))  # one line, whatever the cause said
         self.retryable = retryable
         self.status = status
         self.retry_after_s = retry_after_s
+        # The request may have reached the upstream and be billed although no usable answer
+        # came back (a read timeout, a connection cut after the request was written, a 2xx
+        # answer that was garbage): the ledger counts an estimate for it.
+        self.reached = reached
 
     def __repr__(self) -> str:
         return (
             f"UpstreamError({self.message!r}, retryable={self.retryable}, "
-            f"status={self.status}, retry_after_s={self.retry_after_s})"
+            f"status={self.status}, retry_after_s={self.retry_after_s}, reached={self.reached})"
         )
 
 
