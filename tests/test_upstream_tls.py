@@ -7,7 +7,6 @@ for the very same address.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,11 +107,24 @@ def test_client_cert_without_key_is_a_config_error(pki: TestPKI, tmp_path: Path)
         UpstreamClient(settings, timeout_s=1, probe_timeout_s=1)
 
 
-def test_client_cert_alone_keeps_default_verification(pki: TestPKI, tmp_path: Path) -> None:
-    settings = make_settings(
-        "https://127.0.0.1:9/v1", "openai", tmp_path, client_cert=str(pki.client_pem)
-    )
-    asyncio.run(UpstreamClient(settings, timeout_s=1, probe_timeout_s=1).aclose())
+def test_client_cert_alone_keeps_default_verification(
+    tls_fake: FakeUpstream, pki: TestPKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ca_file the server is checked against the default CA store, not skipped, and
+    the client certificate is still presented."""
+    settings = make_settings(tls_fake.url, "openai", tmp_path, client_cert=str(pki.client_pem))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the default store: certifi's CAs
+    error = failure(probe, settings)
+    assert error.retryable and "TLS" in str(error)  # the private CA is not in it
+    assert tls_fake.requests == []
+
+    # The same settings once the default store (httpx reads SSL_CERT_FILE) holds the CA:
+    # the server is accepted, and the mTLS server only answers a client with a certificate.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_cert))
+    probe(settings)
+    assert complete(settings, make_item()).text.startswith("upstream: ")
+    assert [r.method for r in tls_fake.requests] == ["GET", "POST"]
 
 
 def test_base_url_scheme_is_checked(tmp_path: Path) -> None:
