@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import tomllib
 from pathlib import Path
 
@@ -367,15 +366,22 @@ def test_policy_digest_is_the_sha256_of_the_bytes():
     assert parse_policy(MINIMAL).digest == policy_digest(MINIMAL.encode())
 
 
-def test_a_decision_fits_the_latency_budget():
-    """Classification of a 2 KB prompt must leave most of the 2 ms budget to the recognizers."""
+def test_a_long_prompt_is_classified_by_what_it_holds_wherever_it_is():
+    """A 2 KB prompt: its findings and a keyword or task marker near its end decide, as in a
+    short one. (How fast: scripts/bench_policy.py times the whole decision, these calls
+    included, at 200 characters, 2 KB and 32 KB; its target is a 2 KB p99 under 2 ms.)"""
     policy = default_policy()
-    prompt = ("Please summarise the delivery notes for the north depot, thanks. " * 32)[:2048]
-    rounds = 200
-    started = time.perf_counter()
-    for _ in range(rounds):
-        classes = policy.classes_for([finding("EMAIL")], prompt)
-        policy.precheck.hard_reason(prompt)
-    per_decision = (time.perf_counter() - started) / rounds
-    assert classes == ("personal",)
-    assert per_decision < 0.0005  # seconds
+    prose = ("Please summarise the delivery notes for the north depot, thanks. " * 32)[:2000]
+    assert policy.classes_for([], prose) == ("public",)
+    assert policy.precheck.hard_reason(prose) is None
+    assert policy.classes_for([finding("EMAIL")], prose) == ("personal",)
+    assert policy.classes_for([finding("IBAN"), finding("EMAIL")], prose) == (
+        "regulated",
+        "personal",
+    )
+    assert policy.classes_for([finding("EMAIL")], prose + " Internal only.") == (
+        "secret",
+        "personal",
+    )
+    assert policy.precheck.hard_reason(prose + " Go step by step.") == "task marker 'step by step'"
+    assert policy.precheck.hard_reason("x" * 8001) == "prompt longer than 8000 characters"
