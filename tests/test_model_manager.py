@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import llama_cpp
 import pytest
 
 from appliance.bundles.installer import BundleManager
@@ -23,6 +24,7 @@ from appliance.home import Home
 from appliance.runtime import manager as manager_module
 from appliance.runtime.backend import Backend, GenerationRequest, ModelSpec
 from appliance.runtime.batched import BatchedLlamaBackend
+from appliance.runtime.gpu import gpu_present
 from appliance.runtime.llama_backend import LlamaBackend
 from appliance.runtime.manager import (
     KV_BYTES_PER_TOKEN,
@@ -552,7 +554,8 @@ def test_the_gemma_bundle_is_served_by_the_llama_backend(gemma_home: Home, slots
         assert (spec.format, spec.role, spec.context_length) == ("gguf", "chat", 2048)
         assert spec.chat_template is not None and "<start_of_turn>" in spec.chat_template
         assert spec.extra == {"architecture": "gemma3", "quantization": "Q4_K_M"}
-        assert worker.backend.device == "cpu"
+        offload = gpu_present() and bool(llama_cpp.llama_supports_gpu_offload())
+        assert worker.backend.device == ("gpu" if offload else "cpu")
 
         results: list[Any] = []
         done = threading.Event()

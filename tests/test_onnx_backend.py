@@ -5,14 +5,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.pack import pack, sign
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime.backend import GenerationRequest, ModelSpec
+from appliance.runtime.gpu import gpu_present
 from appliance.runtime.manager import spec_from_record
 from appliance.runtime.onnx_backend import CPU, CUDA, OnnxBackend, choose_providers
 from tests.helpers import Key
@@ -101,11 +104,32 @@ def test_inputs_are_truncated_to_the_context_length(embedder: OnnxBackend):
     assert np.allclose(vectors[0], _vec(embedder, exact_text), atol=1e-6)
 
 
-def test_runs_on_the_cpu_here_and_refuses_to_generate(embedder: OnnxBackend):
-    assert embedder.providers == [CPU]
-    assert embedder.device == "cpu"
-    with pytest.raises(ModelError, match="embedding model; use /v1/embeddings"):
-        embedder.generate(GenerationRequest(prompt="hi"))
+def test_runs_where_onnxruntime_and_the_box_allow_and_refuses_to_generate(
+    embedder: OnnxBackend, monkeypatch: pytest.MonkeyPatch
+):
+    """CUDA is asked for exactly when a GPU is present and this onnxruntime offers it; the
+    session uses what it could of that (CUDA may still fall back to the CPU)."""
+    asked: list[list[str]] = []
+    session = ort.InferenceSession
+
+    def recording(model: Any, **options: Any) -> Any:
+        asked.append(list(options["providers"]))
+        return session(model, **options)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    backend = OnnxBackend(embedder.spec)
+    backend.load()
+    try:
+        offered = ort.get_available_providers()
+        expected = [CUDA, CPU] if gpu_present() and CUDA in offered else [CPU]
+        assert asked == [expected]
+        used = backend.providers
+        assert used and used[-1] == CPU and set(used) <= set(expected)
+        assert backend.device == ("gpu" if CUDA in used else "cpu")
+        with pytest.raises(ModelError, match="embedding model; use /v1/embeddings"):
+            backend.generate(GenerationRequest(prompt="hi"))
+    finally:
+        backend.close()
 
 
 def test_closed_backend_refuses_work(embedder: OnnxBackend):
