@@ -266,3 +266,53 @@ def test_rehydrate_inverts_pseudonymize_for_any_spans(
     assert set(result.mapping.values()) <= {
         t[f.start : f.end] for t, group in zip(texts, findings, strict=True) for f in group
     }
+
+
+# ------------------------------------------------------------ the original span, exactly
+
+
+def test_redaction_replaces_the_original_span_with_its_invisible_characters() -> None:
+    text = "card 4111\u200b1111 1111 1111"
+    result = redact(text)
+    assert result.texts == ["card <CREDIT_CARD_1>"]
+    assert result.mapping == {"<CREDIT_CARD_1>": "4111\u200b1111 1111 1111"}
+    assert rehydrate(result.texts[0], result.mapping) == text
+
+
+FULLWIDTH = {code: code + 0xFEE0 for code in range(0x21, 0x7F)}  # "a" -> U+FF41 ...
+
+
+def test_redaction_of_length_changing_spellings_gives_the_characters_back() -> None:
+    email = "jordan@example.com".translate(FULLWIDTH)
+    phone = "+44 20 7946 0958".translate(FULLWIDTH)
+    text = f"Mail {email} or ju\u0308rgen@beispiel.de, tel {phone}."
+    result = redact(text)
+    assert result.texts == ["Mail <EMAIL_1> or <EMAIL_2>, tel <PHONE_1>."]
+    assert rehydrate(result.texts[0], result.mapping) == text
+
+
+INVISIBLE_CHARACTERS = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad")
+INVISIBLE = st.sampled_from(INVISIBLE_CHARACTERS)
+SPACE_LIKE = st.sampled_from([" ", "\u00a0", "\u2009", "\u202f", "\u3000", "  "])
+
+
+@st.composite
+def disguised_cards(draw: st.DrawFn) -> str:
+    """A valid card number typed with Unicode spaces, and invisible characters inside."""
+    number = draw(cards()).replace("-", " ")
+    space = draw(SPACE_LIKE)
+    characters = []
+    for char in number:
+        characters.append(space if char == " " else char)
+        if draw(st.integers(0, 5)) == 0:
+            characters.append(draw(INVISIBLE))
+    return "".join(characters).rstrip("".join(INVISIBLE_CHARACTERS))  # inside, not after
+
+
+@FAST
+@given(disguised_cards())
+def test_no_disguised_card_survives_redaction(value: str) -> None:
+    text = f"please charge {value} today"
+    result = redact(text)
+    assert result.texts == ["please charge <CREDIT_CARD_1> today"]
+    assert rehydrate(result.texts[0], result.mapping) == text

@@ -1,25 +1,37 @@
 """Runs a set of recognizers over a text and resolves their overlapping findings.
 
+Recognizers read a normalised view of the text (`appliance.pii.normalize`: fullwidth
+digits, Unicode spaces and dashes, invisible characters), made once here so that each of
+them, and the NER model, benefits; their findings are mapped back to spans of the original
+text, covering every original character of the value, so that a redaction replaces exactly
+what was typed.
+
 Recognizers are independent and may disagree about a span: the digits of an IBAN can also
 pass as a card number, a phone number inside a longer address. Overlaps are resolved
 greedily: the finding with the higher score wins, then the longer one, then the earlier
 one; a finding that overlaps one already kept is dropped. Checksum-validated types score
 highest, so they beat shape-only and context-only readings of the same characters.
 
+`analyze_all` reads the messages of one request: each alone, and all of them joined
+(`appliance.pii.conversation`), so that a value split across messages, or a context word in
+one message for a number in the next, is found too.
+
 `types` restricts the analysis to some PII types: recognizers without any of them are not
 run at all (that is what makes it cheap), so overlaps are only resolved among the requested
-types. A recognizer that raises makes `analyze` raise: a policy must not treat "the detector
-failed" as "no PII".
+types. A recognizer that raises, or a text that cannot be normalised, makes `analyze` raise:
+a policy must not treat "the detector failed" as "no PII".
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Collection, Iterable, Sequence
+import dataclasses
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from functools import cache
 
 from appliance.pii.address import StreetAddressRecognizer
 from appliance.pii.contact import EmailRecognizer, PhoneRecognizer
+from appliance.pii.conversation import JoinedView
 from appliance.pii.credentials import SecretRecognizer
 from appliance.pii.financial import CreditCardRecognizer, IbanRecognizer
 from appliance.pii.findings import Finding, Recognizer
@@ -29,6 +41,7 @@ from appliance.pii.identity import (
     UsSsnRecognizer,
 )
 from appliance.pii.network import IpAddressRecognizer, MacAddressRecognizer
+from appliance.pii.normalize import TextView, normalize
 
 
 def resolve_overlaps(findings: Iterable[Finding]) -> list[Finding]:
@@ -62,8 +75,29 @@ class Analyzer:
         self, text: str, types: Collection[str] | None = None, min_score: float = 0.0
     ) -> list[Finding]:
         """The PII in `text` (only of `types`, when given) scoring at least `min_score`."""
+        view = normalize(text)
+        return resolve_overlaps(_original(view, self._find(view.text, types, min_score)))
+
+    def analyze_all(
+        self, texts: Sequence[str], types: Collection[str] | None = None, min_score: float = 0.0
+    ) -> list[list[Finding]]:
+        """The PII in each of `texts`, the messages of one request: each text alone, and
+        what the texts joined find in it (a value split across messages, a context word in
+        the message before)."""
+        views = [normalize(text) for text in texts]
+        found = [list(_original(v, self._find(v.text, types, min_score))) for v in views]
+        if len(views) > 1:
+            joined = JoinedView.of(views)
+            for finding in self._find(joined.text, types, min_score):
+                for index, piece in joined.pieces(finding):
+                    found[index].append(piece)
+        return [resolve_overlaps(group) for group in found]
+
+    def _find(
+        self, text: str, types: Collection[str] | None, min_score: float
+    ) -> Iterator[Finding]:
+        """Every recognizer's findings in `text`, overlaps and all."""
         wanted = None if types is None else frozenset(types)
-        found: list[Finding] = []
         for recognizer in self.recognizers:
             if wanted is not None and wanted.isdisjoint(recognizer.types):
                 continue
@@ -71,14 +105,17 @@ class Analyzer:
                 if finding.score < min_score or finding.end <= finding.start:
                     continue
                 if wanted is None or finding.type in wanted:
-                    found.append(finding)
-        return resolve_overlaps(found)
+                    yield finding
 
-    def analyze_all(
-        self, texts: Sequence[str], types: Collection[str] | None = None, min_score: float = 0.0
-    ) -> list[list[Finding]]:
-        """`analyze` for each text (e.g. the messages of one request)."""
-        return [self.analyze(text, types, min_score) for text in texts]
+
+def _original(view: TextView, findings: Iterable[Finding]) -> Iterator[Finding]:
+    """`findings` in `view` as spans of its original text."""
+    if view.same_offsets:
+        yield from findings
+        return
+    for finding in findings:
+        start, end = view.span(finding.start, finding.end)
+        yield dataclasses.replace(finding, start=start, end=end)
 
 
 def default_recognizers() -> list[Recognizer]:

@@ -6,7 +6,11 @@ much: a version string, a date or an order number has the same characters as a p
 E-mail: the local part and the domain are checked against the RFC limits (64 and 253
 characters, labels of at most 63, no leading, trailing or doubled dots, no hyphen at a
 label's edge) and the top-level domain must be letters (or ``xn--`` punycode), not a file
-extension (``icon@2x.png`` is an asset name, not an address). Addresses are ASCII only.
+extension (``icon@2x.png`` is an asset name, not an address). Internationalised addresses
+(RFC 6531) count too: letters and marks of any script in the local part and the domain
+(``jürgen.müller@beispiel.de``, ``用户@例子.中国``). In scripts written without spaces the
+local part runs back to the previous blank or punctuation, which may take in a word before
+the address: more is redacted, never less.
 
 Phone: a candidate is a run of ASCII digits and separators (space, ``-``, ``.``, ``/``,
 brackets) with 7 to 15 digits (E.164's maximum), not glued to a word, a path or a time
@@ -24,8 +28,8 @@ is weak evidence (about half of all random 10-digit strings are valid US numbers
 random ``0…`` strings are valid somewhere in `NATIONAL_REGIONS`): the shape and word rules
 above carry most of the precision. Dot-separated numbers must look like phone groupings
 (``415.555.2671``, ``01.23.45.67.89``) so that ``2023.10.1234`` is not read as a Washington
-number. Two numbers separated only by blanks are split; an extension ("ext. 42") is not part
-of the span.
+number, unless a phone word is right before them ("Tel. 0171.234.5678"). Two numbers
+separated only by blanks are split; an extension ("ext. 42") is not part of the span.
 """
 
 from __future__ import annotations
@@ -39,14 +43,20 @@ from phonenumbers import PhoneNumber
 
 from appliance.pii.context import digits, glued_before, has_context
 from appliance.pii.findings import EMAIL, PHONE, Finding
+from appliance.pii.normalize import is_mark
 
 # ---------------------------------------------------------------------------------- e-mail
 
 # Only the domain is matched by a regex, forward from each '@'; the local part is found by
 # walking back at most 64 characters. Anchoring at '@' keeps the scan to the few places that
 # can hold an address, and no input makes it quadratic.
+# Letters and digits of any script ([^\W_]) and the combining marks of the scripts with
+# internationalised domains (Devanagari vowel signs are not \w): labels and top-level domain.
+_MARKS = "\u0300-\u036f\u0483-\u0487\u0591-\u05c7\u0610-\u061a\u064b-\u065f\u0900-\u0dff"
+_MARKS += "\u0e00-\u0eff\u1000-\u109f"
 _EMAIL_DOMAIN = re.compile(
-    r"(?:[A-Za-z0-9\-]{1,63}\.){1,8}(?:[A-Za-z]{2,24}|xn--[A-Za-z0-9\-]{1,59})(?![A-Za-z0-9\-])"
+    rf"(?:(?:[^\W_]|[\-{_MARKS}]){{1,63}}\.){{1,8}}"
+    rf"(?:xn--[A-Za-z0-9\-]{{1,59}}|(?:[^\W\d_]|[{_MARKS}]){{2,24}})(?![\w\-{_MARKS}])"
 )
 _LOCAL_CHARS = frozenset(string.ascii_letters + string.digits + "._%+-")
 MAX_LOCAL_PART = 64
@@ -60,10 +70,17 @@ _FILE_EXTENSIONS = frozenset((
 # fmt: on
 
 
+def _local_char(char: str) -> bool:
+    """Whether `char` may be part of a local part (RFC 5322 atext we see in use, RFC 6531)."""
+    if char in _LOCAL_CHARS:
+        return True
+    return char > "\x7f" and (char.isalnum() or is_mark(char))
+
+
 def _local_part_start(text: str, at: int) -> int | None:
     """Where the local part before the '@' at `at` starts, or None when there is none."""
     start = at
-    while start > 0 and at - start <= MAX_LOCAL_PART and text[start - 1] in _LOCAL_CHARS:
+    while start > 0 and at - start <= MAX_LOCAL_PART and _local_char(text[start - 1]):
         start -= 1
     if at - start > MAX_LOCAL_PART:
         return None
@@ -205,8 +222,9 @@ def _valid_phone(candidate: str) -> bool:
     return _valid_national(number_digits)
 
 
-def _shape_ok(candidate: str) -> bool:
-    """Rejects the shapes of dates, IP addresses, SSNs, cards, ISBNs and odd groupings."""
+def _shape_ok(candidate: str, any_dots: bool = False) -> bool:
+    """Rejects the shapes of dates, IP addresses, SSNs, cards, ISBNs and odd groupings
+    (dotted ones too, unless `any_dots`: a phone word is right before the number)."""
     if _OTHER_SHAPES.fullmatch(candidate):
         return False
     # "1 2 3 4 5 6 7" is no number: a single digit may only be a country code or trunk prefix
@@ -215,7 +233,7 @@ def _shape_ok(candidate: str) -> bool:
     first_free = 2 if candidate.startswith(("+", "(+")) else 1
     if any(len(group) == 1 for group in groups[first_free:]):
         return False
-    if "." in candidate and not _DOTTED_PHONE.fullmatch(candidate):
+    if "." in candidate and not any_dots and not _DOTTED_PHONE.fullmatch(candidate):
         return False
     return candidate.count("(") == candidate.count(")")
 
@@ -242,11 +260,15 @@ class PhoneRecognizer:
             candidate = candidate[:-1]
         if _wrapped(candidate):  # "(+1 415 555 2671)": the brackets are the prose's
             start, candidate = start + 1, candidate[1:-1]
+        phone_context = None
         if not _shape_ok(candidate):
-            if not _CARD_SHAPE.match(candidate):
-                yield from self._split(text, start, candidate, valid)
-            return
-        phone_context = has_context(text, start, _PHONE_WORDS, 30)
+            phone_context = "." in candidate and has_context(text, start, _PHONE_WORDS, 30)
+            if not (phone_context and _shape_ok(candidate, any_dots=True)):
+                if not _CARD_SHAPE.match(candidate):
+                    yield from self._split(text, start, candidate, valid)
+                return
+        if phone_context is None:
+            phone_context = has_context(text, start, _PHONE_WORDS, 30)
         if not phone_context and has_context(text, start, _NOT_PHONE_WORDS, 30):
             return
         if not phone_context and _BARE_DIGITS.fullmatch(candidate):
@@ -271,7 +293,9 @@ class PhoneRecognizer:
                 break
             if len(digits(head)) > MAX_DIGITS or not _shape_ok(head):
                 continue
-            if _valid_phone(head):
+            if head not in valid:
+                valid[head] = _valid_phone(head)
+            if valid[head]:
                 international = head.startswith(("+", "(+", "00"))
                 score = self.score_international if international else self.score_national
                 yield Finding(PHONE, start, start + cut, score, self.name)

@@ -2,9 +2,10 @@
 
 US SSN: ``AAA-GG-SSSS`` or ``AAA GG SSSS`` checked by ``python-stdnum`` (area not 000, 666
 or 900-999, group not 00, serial not 0000, and the numbers that were published in
-advertising). Nine bare digits are an SSN only after "SSN" or "social security". The score
-is higher when such a word is near, and lower for the space-separated form, which is more
-often something else.
+advertising). After "SSN" or "social security" any separators count (``536.90.4399``,
+``536 - 90 - 4399``, ``536/90/4399``), and so do nine bare digits; without such a word only
+the dashed and the spaced forms do. The score is higher when such a word is near, and lower
+for the space-separated form, which is more often something else.
 
 Date of birth: a real date in the past (see `appliance.pii.dates`) within 40 characters
 after "born", "DOB", "d.o.b.", "date of birth", "birthday", "geb." or "geboren". A date
@@ -24,7 +25,14 @@ from collections.abc import Iterator
 
 from stdnum.us import ssn
 
-from appliance.pii.context import contains_any, fold, glued_before, has_context, matches_near
+from appliance.pii.context import (
+    contains_any,
+    digits,
+    fold,
+    glued_before,
+    has_context,
+    matches_near,
+)
 from appliance.pii.dates import find_past_date
 from appliance.pii.findings import DATE_OF_BIRTH, NATIONAL_ID, PASSPORT, US_SSN, Finding
 
@@ -34,6 +42,11 @@ _SSN_GROUPED = re.compile(
     r"[0-9](?<![A-Za-z0-9_][0-9])[0-9]{2}([- ])[0-9]{2}\1[0-9]{4}(?![A-Za-z0-9_\-]|[.,][0-9])"
 )
 _SSN_BARE = re.compile(r"[0-9](?<![A-Za-z0-9_][0-9])[0-9]{8}(?![A-Za-z0-9_\-]|[.,][0-9])")
+# After an SSN word: 3-2-4 digits with any separators, each up to three characters long.
+_SSN_ANY_SEPARATORS = re.compile(
+    r"[0-9](?<![A-Za-z0-9_][0-9])[0-9]{2}[ \-./]{1,3}[0-9]{2}[ \-./]{1,3}[0-9]{4}"
+    r"(?![A-Za-z0-9_\-]|[.,][0-9])"
+)
 _SSN_WORDS = re.compile(
     r"(?<![a-z0-9_])(?:ssn|ss\s*#|ss\s+no|social\s+security|social\s+sec|taxpayer\s+id)"
     r"(?![a-z0-9_])"
@@ -68,6 +81,11 @@ class UsSsnRecognizer:
             if glued_before(text, match.start(), "-."):
                 continue
             if ssn.is_valid(match.group()) and has_context(text, match.start(), _SSN_WORDS):
+                yield Finding(US_SSN, match.start(), match.end(), self.score_bare, self.name)
+        for match in _SSN_ANY_SEPARATORS.finditer(text):
+            if glued_before(text, match.start(), "-."):
+                continue
+            if ssn.is_valid(digits(match.group())) and has_context(text, match.start(), _SSN_WORDS):
                 yield Finding(US_SSN, match.start(), match.end(), self.score_bare, self.name)
 
 

@@ -15,7 +15,9 @@ least three hex digits long (``fe80::1`` and ``2001:db8::1`` pass, ``a::b`` does
 
 MAC: six hex pairs separated by one kind of ``:`` or ``-``, and Cisco's ``aabb.ccdd.eeff``,
 which needs a hex letter or a "MAC" word nearby since three groups of four digits are
-more often something else.
+more often something else. Twelve hex digits in a row (``001A2B3C4D5E``, as on device
+labels and in inventories) are a MAC address only right after a MAC word ("MAC",
+"hardware address", "BSSID" …): alone they are as likely a serial number or a hash prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 
-from appliance.pii.context import glued_before, has_context
+from appliance.pii.context import contains_any, fold, glued_before, has_context, matches_near
 from appliance.pii.findings import IP_ADDRESS, MAC_ADDRESS, Finding
 
 _IPV4 = re.compile(
@@ -51,6 +53,12 @@ _CISCO_MAC = re.compile(
     r"\.(?<=[0-9A-Fa-f]{4}\.)[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}(?![A-Za-z0-9_]|\.[A-Za-z0-9_])"
 )
 _MAC_WORDS = re.compile(r"\b(?:mac|hw|hardware|ether|bssid|lladdr|address)\b")
+# A MAC word, what may stand between it and the address, then twelve hex digits.
+_BARE_MAC = re.compile(
+    r"\b(?:mac|hw|hardware|bssid)\b(?:[ \t\-]*(?:address|addr|adresse))?"
+    r"[ \t]*(?:[:=#]|is|no\.?)?[ \t]*([0-9a-f]{12})(?![a-z0-9_])"
+)
+_BARE_MAC_STEMS = ("mac", "hw", "hardware", "bssid")
 _HEX_LETTER = re.compile(r"[A-Fa-f]")
 
 
@@ -123,3 +131,8 @@ class MacAddressRecognizer:
                 continue
             if _HEX_LETTER.search(text, start, match.end()) or has_context(text, start, _MAC_WORDS):
                 yield Finding(MAC_ADDRESS, start, match.end(), self.score, self.name)
+        folded = fold(text)
+        if contains_any(folded, _BARE_MAC_STEMS):
+            for match in matches_near(_BARE_MAC, folded, _BARE_MAC_STEMS):
+                if not glued_before(folded, match.start()):
+                    yield Finding(MAC_ADDRESS, *match.span(1), self.score, self.name)
