@@ -1,21 +1,31 @@
 """A request's sensitivity class and hardness, before any model runs.
 
-Every text of the request (each chat message, or the completion prompt) goes through the
-PII analyzer; the policy turns the findings and its keywords into the classes the request
-falls in, most restrictive first, and their egress. The pre-check (length, task markers,
-and an optional classifier the caller runs) says whether the prompt looks too hard for the
-small local model.
+The texts of the request (each chat message, or the completion prompt) go through the PII
+analyzer, each alone and all joined (a value may be split across messages); the policy
+turns the findings, and its keywords found in the texts' normalised view (so that
+``pass\u200bword`` is "password"), into the classes the request falls in, most restrictive
+first, and their egress. The pre-check (length, task markers, and an optional classifier
+the caller runs) says whether the prompt looks too hard for the small local model.
+
+Fails closed: when the analysis raises (a recognizer's bug, a text the normaliser cannot
+read), nothing is known about the request's PII, so it is put in the policy's most
+restrictive class with egress ``never`` and the reason "PII analysis failed": it is answered
+on the box and never leaves it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.pii.analyzer import Analyzer
 from appliance.pii.findings import Finding
+from appliance.pii.normalize import normalize
 from appliance.policy.schema import Egress, Policy
+
+log = logging.getLogger("appliance.policy")
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class Classification:
     findings: tuple[tuple[Finding, ...], ...]  # per text, spans relative to that text
     keywords: dict[str, list[str]]  # class -> the keywords of it found
     hard: str | None  # why the pre-check calls the prompt hard; None when it does not
+    failure: str | None = None  # why the PII analysis failed (then egress is "never")
 
     @property
     def sensitivity(self) -> str:
@@ -37,6 +48,8 @@ class Classification:
     def reasons(self) -> list[str]:
         """Why the request is in its class, in words an operator reads in the audit."""
         reasons = []
+        if self.failure:
+            reasons.append(f"PII analysis failed ({self.failure}): kept on the box")
         types = self.finding_types()
         if types:
             found = ", ".join(f"{t} x{n}" if n > 1 else t for t, n in sorted(types.items()))
@@ -61,17 +74,39 @@ def classify(
     `classifier_says_hard` is the optional pre-check classifier's verdict, run by the caller
     (it needs a model thread): a reason string when it judged the prompt hard.
     """
-    findings = tuple(tuple(analyzer.analyze(text)) for text in texts)
     joined = "\n".join(texts)
-    flat = [f for per_text in findings for f in per_text]
-    keywords = policy.keyword_hits(joined)
-    # classes_for scans for keywords again only when there is one to find
-    classes = policy.classes_for(flat, joined if keywords else "")
     hard = policy.precheck.hard_reason(joined) or classifier_says_hard
+    try:
+        findings = tuple(tuple(found) for found in analyzer.analyze_all(texts))
+        readable = normalize(joined).text
+    except Exception as e:  # fail closed: an unread request may hold anything
+        # The type only: an exception's message may quote the text it choked on.
+        log.error("PII analysis failed (%s): the request is kept on the box", type(e).__name__)
+        return unanalyzed(policy, len(texts), type(e).__name__, hard)
+    flat = [f for per_text in findings for f in per_text]
+    keywords = policy.keyword_hits(readable)
+    # classes_for scans for keywords again only when there is one to find
+    classes = policy.classes_for(flat, readable if keywords else "")
     return Classification(
         classes=classes,
         egress=policy.egress_for(classes),
         findings=findings,
         keywords=keywords,
         hard=hard,
+    )
+
+
+def unanalyzed(policy: Policy, texts: int, failure: str, hard: str | None) -> Classification:
+    """The classification of a request whose PII analysis failed: the most restrictive
+    class, and egress ``never`` whatever that class allows."""
+    strictest = max(
+        policy.classes, key=lambda name: policy.egress_rank(policy.classes[name].egress)
+    )
+    return Classification(
+        classes=(strictest,),
+        egress="never",
+        findings=((),) * texts,
+        keywords={},
+        hard=hard,
+        failure=failure,
     )
