@@ -1,5 +1,8 @@
 """Precision and recall of the default analyzer on the labelled corpus (tests/data).
 
+Conversations (records with ``messages``) are analysed as the daemon analyses a request's
+messages (`Analyzer.analyze_all`); see `appliance.pii.evaluate`.
+
 Matching rule (see `appliance.pii.evaluate`): same type and an overlap of at least 80% of
 the longer span. Targets: recall >= 0.99 and precision >= 0.95 for every structured type
 (checksums and formats decide); recall >= 0.95 and precision >= 0.90 for the contextual
@@ -52,7 +55,10 @@ def test_corpus_is_well_formed() -> None:
     assert len({r["id"] for r in records}) == len(records)
     labels: Counter[str] = Counter()
     for record in records:
-        assert set(record) == {"id", "text", "entities", "note"}
+        assert set(record) - {"messages"} == {"id", "text", "entities", "note"}
+        if "messages" in record:  # a conversation: its messages joined by newlines
+            assert len(record["messages"]) >= 2
+            assert "\n".join(record["messages"]) == record["text"], record["id"]
         previous_end = 0
         for entity in sorted(record["entities"], key=lambda e: e["start"]):
             assert 0 <= entity["start"] < entity["end"] <= len(record["text"])
@@ -62,6 +68,11 @@ def test_corpus_is_well_formed() -> None:
     for kind in STRUCTURED_TYPES + CONTEXTUAL_TYPES:
         assert labels[kind] >= MIN_LABELS_PER_TYPE, kind
     assert sum(1 for r in records if not r["entities"]) >= 100  # near misses and plain text
+    # issue 14: spellings, conversations, context, and their near misses
+    for part, least in (("spelling", 60), ("conversation", 6), ("context", 20)):
+        assert sum(1 for r in records if r["id"].startswith(f"bypass-{part}-")) >= least, part
+    assert sum(1 for r in records if r["id"].startswith("bypass-near-miss-")) >= 15
+    assert sum(1 for r in records if "messages" in r and not r["entities"]) >= 2
 
 
 @pytest.mark.parametrize("kind", STRUCTURED_TYPES)

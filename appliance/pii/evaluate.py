@@ -1,6 +1,10 @@
 """Precision and recall of an analyzer on a labelled corpus (JSON lines).
 
 Each line is ``{"id": ..., "text": ..., "entities": [{"type", "start", "end"}], "note": ...}``.
+A conversation (PII split across a request's messages) also has ``"messages"``: its texts,
+which joined by newlines are ``text``; its spans are spans of ``text``. It is analysed as the
+daemon does (`Analyzer.analyze_all`), and the parts of one finding in consecutive messages
+count as one finding again.
 A finding matches a labelled entity when the types are equal and their overlap covers at
 least 80% of the *longer* of the two spans: stricter than "80% of the label" (a finding
 that swallows the next words does not count), looser than an exact match (``St.`` with or
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from appliance.pii.analyzer import Analyzer, default_analyzer
@@ -38,6 +42,7 @@ class Example:
     text: str
     entities: tuple[Entity, ...]
     note: str = ""
+    messages: tuple[str, ...] = ()  # a conversation: text is these joined by newlines
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +71,45 @@ def load_corpus(path: Path = DEFAULT_CORPUS) -> list[Example]:
             entities = tuple(
                 Entity(e["type"], int(e["start"]), int(e["end"])) for e in record["entities"]
             )
-            examples.append(Example(record["id"], record["text"], entities, record.get("note", "")))
+            messages = tuple(record.get("messages", ()))
+            if messages and "\n".join(messages) != record["text"]:
+                raise ValueError(f"{record['id']}: text is not its messages joined by newlines")
+            examples.append(
+                Example(record["id"], record["text"], entities, record.get("note", ""), messages)
+            )
     return examples
+
+
+def findings_for(
+    analyzer: Analyzer, example: Example, types: Sequence[str] | None = None
+) -> list[Finding]:
+    """What `analyzer` finds in `example`, as spans of its text.
+
+    For a conversation: each message's findings moved to the joined text, and the parts of
+    one finding on either side of a message boundary (same type and recognizer, only blanks
+    between) joined into one again.
+    """
+    if not example.messages:
+        return analyzer.analyze(example.text, types)
+    found: list[Finding] = []
+    offset = 0
+    for message, findings in zip(
+        example.messages, analyzer.analyze_all(example.messages, types), strict=True
+    ):
+        for finding in findings:
+            moved = replace(finding, start=finding.start + offset, end=finding.end + offset)
+            previous = found[-1] if found else None
+            if (
+                previous is not None
+                and (previous.type, previous.recognizer) == (moved.type, moved.recognizer)
+                and previous.end <= offset - 1
+                and not example.text[previous.end : moved.start].strip()
+            ):
+                found[-1] = replace(previous, end=moved.end)
+            else:
+                found.append(moved)
+        offset += len(message) + 1
+    return found
 
 
 def spans_match(finding: Finding, entity: Entity) -> bool:
@@ -118,7 +160,7 @@ def evaluate(
     totals: dict[str, list[int]] = {}
     mismatches: list[Mismatch] = []
     for example in examples:
-        counts, wrong = compare(example, analyzer.analyze(example.text, types))
+        counts, wrong = compare(example, findings_for(analyzer, example, types))
         mismatches += wrong
         for kind, (tp, fp, fn) in counts.items():
             total = totals.setdefault(kind, [0, 0, 0])

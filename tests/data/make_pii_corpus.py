@@ -26,6 +26,7 @@ import random
 import re
 import string
 import sys
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import phonenumbers
+from pii_bypass_corpus import Makers, bypass_records  # (this folder is on sys.path)
 from stdnum import iban as stdnum_iban
 from stdnum import luhn, numdb
 from stdnum.us import ssn as stdnum_ssn
@@ -1013,7 +1015,31 @@ def build() -> list[dict[str, object]]:
         for n, text in enumerate(NO_PII)
     ]
     records += handwritten()
+    makers = Makers(
+        rng=rng,
+        card=make_card,
+        luhn_number=luhn_number,
+        iban=make_iban,
+        ssn_digits=make_ssn_digits,
+        us_phone=make_us_phone,
+        intl_phone=make_intl_phone,
+        email=make_email,
+        passwords=PASSWORDS,
+    )
+    records += bypass_records(makers)  # last: the records above stay as they were
     return records
+
+
+def decimal_digits(value: str) -> str:
+    """The digits of `value` in ASCII, whatever script or width they were typed in."""
+    return "".join(
+        str(unicodedata.decimal(c)) for c in value if unicodedata.decimal(c, None) is not None
+    )
+
+
+def alphanumerics(value: str) -> str:
+    """`value`'s letters and digits in ASCII upper case (fullwidth ones folded by NFKC)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", value).upper() if c.isalnum())
 
 
 def check_labels(records: list[dict[str, object]]) -> None:
@@ -1021,9 +1047,9 @@ def check_labels(records: list[dict[str, object]]) -> None:
     import ipaddress
 
     checks: dict[str, Callable[[str], bool]] = {
-        "CREDIT_CARD": lambda v: luhn.is_valid(re.sub(r"[ -]", "", v)),
-        "IBAN": stdnum_iban.is_valid,
-        "US_SSN": lambda v: stdnum_ssn.is_valid(v.replace(" ", "-")),
+        "CREDIT_CARD": lambda v: luhn.is_valid(decimal_digits(v)),
+        "IBAN": lambda v: stdnum_iban.is_valid(alphanumerics(v)),
+        "US_SSN": lambda v: stdnum_ssn.is_valid(decimal_digits(v)),
         "IP_ADDRESS": lambda v: bool(ipaddress.ip_address(v)),
     }
     for record in records:
