@@ -35,6 +35,15 @@ class ServerSettings(_Strict):
     default_max_tokens: int = Field(default=256, ge=1)  # when a request names none
     request_timeout_s: float = Field(default=300.0, gt=0)  # seconds, queueing included
     max_embedding_inputs: int = Field(default=256, ge=1)  # texts in one embeddings request
+    # Hostile or broken clients (appliance/api/connections.py): a request's head must arrive
+    # in full within header_timeout_s seconds, its body within body_timeout_s seconds of the
+    # head; a LAN client needs milliseconds, a 1 MiB body at 35 KB/s needs 30 s.
+    header_timeout_s: float = Field(default=10.0, gt=0)  # seconds
+    body_timeout_s: float = Field(default=30.0, gt=0)  # seconds
+    # open connections at once (far below the open-files limit; more get a 503) and from one
+    # client address (an IPv6 client: one /64); a proxy in front is one client: raise it
+    max_connections: int = Field(default=512, ge=1)  # connections
+    max_connections_per_client: int = Field(default=64, ge=1)  # connections
 
 
 class RuntimeSettings(_Strict):

@@ -31,7 +31,7 @@ def serve(
     settings = _settings_with(load_settings(h.config_file), host=host, port=port)
     app = create_app(h, settings)
     console.print(f"appliance listening on http://{settings.server.host}:{settings.server.port}")
-    serve_forever(app, settings.server.host, settings.server.port)
+    serve_forever(app, settings.server)
 
 
 def _prepare_demo_bundle(demo_dir: Path) -> tuple[Path, Path]:
