@@ -1,9 +1,11 @@
-"""Small durable-filesystem helpers: fsync of folders, read-only trees, forced removal."""
+"""Small filesystem helpers: fsync of folders, read-only trees, forced removal, private files,
+and opening a file that must be a regular one without blocking."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import hashlib
 import os
 import shutil
@@ -47,6 +49,81 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+class NotRegularFileError(OSError):
+    """The path names a FIFO, a device, a socket or a folder, not a regular file."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        super().__init__(f"{path} is {self.kind}, not a regular file")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; refuse anything else, and never block doing so.
+
+    ``open()`` of a FIFO waits for a writer, for ever if none comes (holding whatever lock
+    the caller holds); opening a device may have effects of its own. So the path is looked
+    at first (a FIFO or device is never opened), then opened with ``O_NONBLOCK`` and the
+    descriptor itself checked, which closes the race of a FIFO swapped in between.
+    Raises NotRegularFileError, or the OSError of stat/open (FileNotFoundError …).
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFileError(path, info.st_mode)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(path, info.st_mode)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private(path: Path, *, create: bool = True) -> None:
+    """Make `path` a file only its owner can read: created 0600 if missing (when `create`),
+    else its group and other bits taken off. The umask plays no part either way.
+
+    An existing file is changed by path, never opened: closing any descriptor of an SQLite
+    database drops every lock this process holds on it, including its open connections'.
+    A symlink, or a file of another owner, is left as it is (``appliance doctor`` reports it).
+    """
+    if create:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                os.fchmod(fd, PRIVATE_FILE_MODE)
+            finally:
+                os.close(fd)
+            return
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid == os.geteuid()
+        and stat.S_IMODE(info.st_mode) & 0o077
+    ):
+        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
 
 
 def make_read_only(root: Path) -> None:

@@ -69,9 +69,17 @@ class Home:
         return self.bundles_dir / name / version
 
     def ensure(self) -> Home:
-        """Create the layout if missing; refuse a home that is not a usable folder."""
+        """Create the layout if missing; refuse a home that is not a usable folder.
+
+        A new home is 0700 whatever the umask: state.db holds prompts and token hashes, and
+        the bundles are what the box runs. An existing home keeps its mode: the operator made
+        it so (``appliance doctor`` checks who can write it).
+        """
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            new = not os.path.lexists(self.root)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if new:
+                os.chmod(self.root, 0o700)  # mkdir's mode is cut by the umask
             for folder in (self.trust_dir, self.bundles_dir, self.inbox_dir):
                 folder.mkdir(exist_ok=True)
             self.staging_dir.mkdir(mode=0o700, exist_ok=True)

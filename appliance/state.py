@@ -10,12 +10,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
 import sqlite_utils
 
 from appliance.errors import StateError
+from appliance.fsutil import make_private
 from appliance.home import Home
 
 SCHEMA_VERSION = 1
@@ -74,10 +75,22 @@ def utc_now() -> str:
 
 
 def open_state(home: Home) -> sqlite_utils.Database:
-    """Open (creating if needed) state.db with the durability settings the appliance needs."""
+    """Open (creating if needed) state.db with the durability settings the appliance needs.
+
+    state.db and its -wal and -shm are 0600 whatever the umask: they hold prompts, answers
+    and token hashes. SQLite gives a new -wal or -shm the mode of the database file; ones an
+    older version left readable are tightened here.
+    """
+    try:
+        make_private(home.state_db)
+    except OSError as e:
+        raise StateError(f"cannot create {home.state_db}: {e.strerror}") from e
     try:
         conn = sqlite3.connect(home.state_db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         conn.execute("PRAGMA journal_mode=WAL")
+        for suffix in ("-wal", "-shm"):
+            with suppress(OSError):  # a mode it cannot change is doctor's finding
+                make_private(home.state_db.with_name(home.state_db.name + suffix), create=False)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -26,7 +26,7 @@ from typing import Any
 from appliance.bundles.installer import BundleManager
 from appliance.bundles.outcome import Outcome
 from appliance.errors import ApplianceError
-from appliance.fsutil import replacing
+from appliance.fsutil import open_regular, replacing
 
 log = logging.getLogger("appliance.inbox")
 
@@ -60,7 +60,9 @@ def scan_once(
     ``settle_s`` seconds of now (either side, so a stick whose clock was ahead is not stuck for
     hours). One stat is taken, not two ``settle_s`` apart: a copy that stalls for longer than
     ``settle_s`` is not detected, so writers should drop a dot-file and rename it when done.
-    Hidden files (``.*``, e.g. temporaries and macOS ``._`` files) and symlinks are ignored. A
+    Hidden files (``.*``, e.g. temporaries and macOS ``._`` files), symlinks and anything but a
+    regular file (a FIFO would block the scan, and with it model and policy refresh) are
+    ignored; one swapped in after the listing is refused without blocking. A
     USB path that is missing or unreadable is skipped. If another scan of this home is under
     way, this one returns nothing.
     """
@@ -163,7 +165,7 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def _usb_key(path: Path) -> str:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO swapped in after the listing must not block a scan
         head = f.read(KEY_PREFIX_BYTES)
         size = os.fstat(f.fileno()).st_size
     return f"{hashlib.sha256(head).hexdigest()}-{size}"

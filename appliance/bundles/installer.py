@@ -157,39 +157,45 @@ class BundleManager:
     ) -> Outcome:
         """Verify and install a bundle file; on any failure nothing changes."""
         started = time.perf_counter()
-        with self._locked():
+        try:
+            # Opened before the lock: a path that is no regular file (a FIFO) or no bundle is
+            # refused here, and reading needs no lock; what is verified comes later, locked.
+            reader = BundleReader(path, self.limits)
+        except ApplianceError as e:
+            self._log_refusal(path, e)
+            raise
+        with reader, self._locked():
             try:
-                return self._install_locked(path, activate, progress, started)
+                return self._install_locked(reader, activate, progress, started)
             except ApplianceError as e:
                 self._log_refusal(path, e)
                 raise
 
     def _install_locked(
-        self, path: Path, activate: bool, progress: Progress | None, started: float
+        self, reader: BundleReader, activate: bool, progress: Progress | None, started: float
     ) -> Outcome:
-        with BundleReader(path, self.limits) as reader:
-            verified = self._open(reader)
-            if isinstance(verified, records.InstalledBundle):
-                return Outcome.of_installed(
-                    verified, "already-installed", time.perf_counter() - started
-                )
-            manifest = verified.manifest
-            if records.get(self.db, manifest.name, manifest.version) is not None:
-                raise RollbackError(
-                    f"{manifest.name} {manifest.version} is already installed with other "
-                    "content; a publisher must give a new version a new version string"
-                )
-            staging = Path(tempfile.mkdtemp(prefix="install-", dir=self.home.staging_dir))
-            try:
-                self._stage(reader, verified, staging, progress)
-                _check_policy(verified, staging)
-                final = self.home.bundle_dir(manifest.name, manifest.version)
-                final.parent.mkdir(exist_ok=True)
-                fsync_dir(self.home.bundles_dir)
-                os.rename(staging, final)
-            except BaseException:
-                remove_tree(staging)
-                raise
+        verified = self._open(reader)
+        if isinstance(verified, records.InstalledBundle):
+            return Outcome.of_installed(
+                verified, "already-installed", time.perf_counter() - started
+            )
+        manifest = verified.manifest
+        if records.get(self.db, manifest.name, manifest.version) is not None:
+            raise RollbackError(
+                f"{manifest.name} {manifest.version} is already installed with other "
+                "content; a publisher must give a new version a new version string"
+            )
+        staging = Path(tempfile.mkdtemp(prefix="install-", dir=self.home.staging_dir))
+        try:
+            self._stage(reader, verified, staging, progress)
+            _check_policy(verified, staging)
+            final = self.home.bundle_dir(manifest.name, manifest.version)
+            final.parent.mkdir(exist_ok=True)
+            fsync_dir(self.home.bundles_dir)
+            os.rename(staging, final)
+        except BaseException:
+            remove_tree(staging)
+            raise
         try:
             # Moving a folder to a new parent needs write access to it (for non-root users),
             # so the top folder turns read-only only once it is in place.

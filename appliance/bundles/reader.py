@@ -16,21 +16,22 @@ from appliance.bundles import archive
 from appliance.bundles.manifest import Manifest
 from appliance.bundles.payload import Progress, check_declared_size, hash_member, reporter
 from appliance.errors import BundleError, MalformedBundleError
+from appliance.fsutil import NotRegularFileError, open_regular
 from appliance.settings import BundleLimits
 
 
 class BundleReader:
     def __init__(self, path: Path, limits: BundleLimits) -> None:
         try:
-            self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self.file = open_regular(path)  # a FIFO must not block an install (issue 14)
         except FileNotFoundError as e:
             raise BundleError(f"bundle file {path} does not exist") from e
+        except NotRegularFileError as e:
+            raise BundleError(f"bundle file {e}") from e
         except OSError as e:
             raise BundleError(f"cannot read bundle file {path}: {e.strerror}") from e
         self.limits = limits
         try:
-            if not os.path.isfile(path):
-                raise MalformedBundleError(f"{path} is not a regular file")
             self.members = archive.scan(self.file, limits.max_files + 2)
             for required in (archive.MANIFEST, archive.SIGNATURES):
                 if required not in self.members:
