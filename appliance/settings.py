@@ -44,6 +44,9 @@ class ServerSettings(_Strict):
     # client address (an IPv6 client: one /64); a proxy in front is one client: raise it
     max_connections: int = Field(default=512, ge=1)  # connections
     max_connections_per_client: int = Field(default=64, ge=1)  # connections
+    # /readyz without a token: "loopback" (a local supervisor; the network needs a token,
+    # as for /status) or "never"
+    readyz_public: Literal["loopback", "never"] = "loopback"
 
 
 class RuntimeSettings(_Strict):

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
@@ -22,7 +22,8 @@ from appliance.api import escalations, metrics_route, openai_routes, status_rout
 from appliance.api.context import RequestIdMiddleware
 from appliance.api.errors import install_handlers
 from appliance.api.governed import Governor
-from appliance.api.security import GuardMiddleware, is_loopback
+from appliance.api.paths import hide_paths_in
+from appliance.api.security import GuardMiddleware, is_loopback, require_readiness
 from appliance.errors import ConfigError
 from appliance.forward.wiring import build as build_forwarding
 from appliance.governance.active import ActivePolicy
@@ -151,10 +152,10 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/readyz")
+    @app.get("/readyz", dependencies=[Depends(require_readiness)])
     async def readyz(request: Request) -> JSONResponse:
         manager: ModelManager = request.app.state.models
-        models_state = status_route.model_states(manager)
+        models_state = hide_paths_in(status_route.model_states(manager), home.root)
         ready = manager.ready()
         return JSONResponse(
             {"ready": ready, "models": models_state}, status_code=200 if ready else 503

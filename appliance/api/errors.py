@@ -1,6 +1,8 @@
 """Errors on the wire: one JSON shape, OpenAI's, for every failure.
 
 {"error": {"type": "...", "message": "...", "code": "...", "param": null}}
+
+Messages name no filesystem path: the daemon's log has them, the network does not.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from appliance.api.paths import hide_paths
 from appliance.errors import ModelError, ModelLoadError, ModelNotFoundError
 from appliance.runtime.manager import QueueFullError
 
@@ -39,7 +42,8 @@ class APIError(Exception):
 
 
 def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict:
-    return {"error": {"type": type, "message": message, "code": code, "param": param}}
+    """The error document; a filesystem path in `message` is replaced (``paths.hide_paths``)."""
+    return {"error": {"type": type, "message": hide_paths(message), "code": code, "param": param}}
 
 
 def error_response(error: APIError) -> JSONResponse:

@@ -2,7 +2,10 @@
 
 - Host: only loopback names, the bind address and ``server.allowed_hosts``; anything else is
   refused, so a web page in a browser on the box cannot reach the API by DNS rebinding.
-- Body: larger than ``server.max_body_bytes`` is refused (413) before it is read whole.
+- Body: larger than ``server.max_body_bytes`` is refused (413) before it is read whole: by
+  its Content-Length, or, when chunked, as soon as the bytes received pass the limit, whatever
+  the route was answering by then (FastAPI turns a failed body read into a 400). A 413 closes
+  the connection, so the rest of the body is never read.
 - Token: ``Authorization: Bearer TOKEN`` from ``appliance tokens create``; scopes ``infer``
   and ``admin``. ``auth = "none"`` is accepted only while the daemon listens on loopback.
 """
@@ -53,19 +56,22 @@ def host_of(header: str) -> str:
 
 
 async def _reject(
-    send: Callable[[Any], Awaitable[None]], status: int, message: str, type: str, code: str
+    send: Callable[[Any], Awaitable[None]],
+    status: int,
+    message: str,
+    type: str,
+    code: str,
+    *,
+    close: bool = False,
 ) -> None:
     body = json.dumps(error_body(message, type, code)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if close:  # a body is left unread: do not wait for it on a kept-alive connection
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -105,38 +111,50 @@ class GuardMiddleware:
                 f"{self.max_body} bytes (server.max_body_bytes)",
                 "invalid_request_error",
                 "limit_exceeded",
+                close=True,
             )
             return
         received = 0
-        started = False
+        too_large = False  # the body passed the limit: the answer is 413, whatever the app says
+        answered = False  # a response has begun on the wire
+
+        async def too_large_reply() -> None:
+            nonlocal answered
+            answered = True
+            await _reject(
+                send,
+                413,
+                f"request body is over the limit of {self.max_body} bytes (server.max_body_bytes)",
+                "invalid_request_error",
+                "limit_exceeded",
+                close=True,
+            )
 
         async def counting_receive() -> Any:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
+        async def guarded_send(message: Any) -> None:
+            nonlocal answered
+            if too_large:  # the app's own answer to a failed body read (FastAPI: a 400)
+                if message["type"] == "http.response.start" and not answered:
+                    await too_large_reply()
+                return
             if message["type"] == "http.response.start":
-                started = True
+                answered = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _BodyTooLarge:
-            if not started:
-                await _reject(
-                    send,
-                    413,
-                    f"request body is over the limit of {self.max_body} "
-                    "bytes (server.max_body_bytes)",
-                    "invalid_request_error",
-                    "limit_exceeded",
-                )
+            if not answered:
+                await too_large_reply()
 
 
 def _bearer(request: Request) -> str | None:
@@ -181,6 +199,16 @@ async def require_infer(request: Request) -> None:
 
 async def require_admin(request: Request) -> None:
     _check(request, "admin")
+
+
+async def require_readiness(request: Request) -> None:
+    """``/readyz``: per ``server.readyz_public``, open on loopback (a local supervisor probes
+    it; as ``/status``) or always behind a token. Its body names the models, their versions
+    and why one did not load: not for anyone on the network."""
+    if request.app.state.settings.server.readyz_public == "loopback":
+        await require_observer(request)
+    else:
+        _check(request, "infer")
 
 
 async def require_observer(request: Request) -> None:

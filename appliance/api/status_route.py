@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
+from appliance.api.paths import hide_paths_in
 from appliance.api.security import require_observer
 from appliance.runtime.manager import ModelManager
 from appliance.status import document, hardware
@@ -70,8 +71,10 @@ def live_of(app: Any) -> document.Live:
 
 
 def build(app: Any, url: str) -> dict[str, Any]:
+    """The document, with every filesystem path in it replaced (``paths.hide_paths``):
+    ``appliance status`` at the box reads the home itself when it needs them."""
     governor = app.state.governor
-    return document.build(
+    built = document.build(
         app.state.home,
         app.state.settings,
         daemon={"up": True, "url": url, "version": __version__},
@@ -79,6 +82,7 @@ def build(app: Any, url: str) -> dict[str, Any]:
         policy=lambda: governor.active.current.summary(),
         gpus=_gpus.get(),
     )
+    return hide_paths_in(built, app.state.home.root)  # type: ignore[no-any-return]
 
 
 @router.get("/status")
