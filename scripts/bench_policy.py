@@ -8,6 +8,11 @@ classes and keywords, the pre-check) plus ``router.plan`` (which pseudonymizes t
 text of a redacted class), under the shipped default policy with one upstream configured,
 so the redaction always runs. Reports p50/p99 over --runs runs and tokens per ms.
 
+Two more 2 KB rows show what issue 14 added: the same prompts with their PII typed in
+everyday Unicode spellings (fullwidth digits, no-break and thin spaces, zero-width
+characters: the recognizers then read a normalised view with an offset map), and a 2 KB
+request split into four messages (each message is analysed, and all four joined).
+
 The baseline is Presidio's published guideline of about 100 ms per 100 tokens (the figure
 the governance issue quotes; Presidio itself cannot run here: it needs spaCy models that an
 air-gapped box does not download); tokens are counted as characters / 4, the usual rule of
@@ -54,10 +59,21 @@ PII = (
 )
 
 
-def prompt(chars: int, with_pii: bool, rng: random.Random) -> str:
+# The PII pieces as people also type them (see appliance.pii.normalize).
+UNICODE_PII = (
+    "Contact me at jordan.blake\uff20example.net about it. ",
+    "My number is +44\u00a020\u00a07946\u00a00958 if that is easier. ",
+    "Charge the card \uff14\uff11\uff11\uff11 1111\u20091111\u20091111 for the fee. ",
+    "Refund to DE89 3704\u200b0044 0532 0130 00 please. ",
+    "The gateway at 192.168.14.7 rejected the upload. ",
+    "Deliver to 221 Baker Street, Springfield, IL\u00a062704. ",
+)
+
+
+def prompt(chars: int, with_pii: bool, rng: random.Random, pii: tuple[str, ...] = PII) -> str:
     parts: list[str] = []
     while sum(len(p) for p in parts) < chars:
-        pool = PII if with_pii and rng.random() < 0.25 else PROSE
+        pool = pii if with_pii and rng.random() < 0.25 else PROSE
         parts.append(rng.choice(pool))
     return "".join(parts)[: max(chars, 1)]
 
@@ -75,40 +91,55 @@ def main() -> int:
         f"{len(analyzer.recognizers)} recognizers, {args.runs} runs per size"
     )
 
-    def decide(text: str) -> router.Plan:
-        classification = classify(policy, analyzer, [text])
-        return router.plan(policy, classification, [text], upstreams)
+    def decide(texts: list[str]) -> router.Plan:
+        classification = classify(policy, analyzer, texts)
+        return router.plan(policy, classification, texts, upstreams)
+
+    def split(text: str, parts: int) -> list[str]:
+        """`text` as `parts` messages, cut at blanks."""
+        words = text.split(" ")
+        size = -(-len(words) // parts)
+        return [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+    cases: list[tuple[str, int, bool, list[list[str]]]] = []
+    for label, chars in (("200 chars", 200), ("2 KB", 2048), ("32 KB", 32768)):
+        for with_pii in (True, False):
+            requests = [[prompt(chars, with_pii, rng)] for _ in range(20)]
+            cases.append(
+                (f"{label}, {'with PII' if with_pii else 'no PII'}", chars, True, requests)
+            )
+    spelled = [[prompt(2048, True, rng, UNICODE_PII)] for _ in range(20)]
+    cases.append(("2 KB, PII in Unicode spellings", 2048, False, spelled))
+    cases.append(("2 KB as 4 messages, with PII", 2048, False, [split(r[0], 4) for r in spelled]))
 
     rows = []
     verdicts = []
-    for label, chars in (("200 chars", 200), ("2 KB", 2048), ("32 KB", 32768)):
-        for with_pii in (True, False):
-            texts = [prompt(chars, with_pii, rng) for _ in range(20)]
-            for text in texts:  # warm: imports, compiled patterns, phonenumbers metadata
-                decide(text)
-            times = []
-            for i in range(args.runs):
-                text = texts[i % len(texts)]
-                started = time.perf_counter()
-                plan = decide(text)
-                times.append(time.perf_counter() - started)
-            ms = np.array(times) * 1000.0
-            p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-            tokens = chars / 4
-            presidio = PRESIDIO_MS_PER_100_TOKENS * tokens / 100
-            found = sum(len(f) for f in plan.classification.findings)
-            rows.append(
-                (
-                    f"{label}, {'with PII' if with_pii else 'no PII'}",
-                    f"{p50:.3f}",
-                    f"{p99:.3f}",
-                    f"{found}",
-                    f"{presidio:.0f}",
-                    f"{presidio / p50:.0f}x",
-                )
+    for label, chars, original, requests in cases:
+        for texts in requests:  # warm: imports, compiled patterns, phonenumbers metadata
+            decide(texts)
+        times = []
+        for i in range(args.runs):
+            texts = requests[i % len(requests)]
+            started = time.perf_counter()
+            plan = decide(texts)
+            times.append(time.perf_counter() - started)
+        ms = np.array(times) * 1000.0
+        p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+        tokens = chars / 4
+        presidio = PRESIDIO_MS_PER_100_TOKENS * tokens / 100
+        found = sum(len(f) for f in plan.classification.findings)
+        rows.append(
+            (
+                label,
+                f"{p50:.3f}",
+                f"{p99:.3f}",
+                f"{found}",
+                f"{presidio:.0f}",
+                f"{presidio / p50:.0f}x",
             )
-            if label == "2 KB":
-                verdicts.append(p99)
+        )
+        if original and label.startswith("2 KB"):
+            verdicts.append(p99)
 
     header = ("prompt", "p50 ms", "p99 ms", "findings", "Presidio ~ms", "Presidio / p50")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
