@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from appliance.api.app import create_app
+from appliance.api.server import BackgroundServer
 from appliance.governance.escalation import Escalation
 from appliance.outbox import Outbox
 from appliance.settings import (
@@ -238,3 +240,42 @@ def test_a_full_outbox_never_gives_a_500(
         assert sum(_sent_per_key(fake).values()) == before  # nothing unrecorded went out
     finally:
         daemon.server.stop()
+
+
+def test_a_restart_with_a_send_in_flight_sends_it_at_most_once_more(
+    tmp_path: Path, fake: FakeUpstream
+):
+    """The daemon stops while the upstream holds a request: the cut attempt is in the
+    ledger as an estimate, and the next daemon sends the escalation once more, not twice."""
+    root = tmp_path
+    settings = _settings(fake, root)
+    # the client would wait longer than a stopping daemon does: the stop cuts the request
+    settings = settings.model_copy(
+        update={"sync": settings.sync.model_copy(update={"request_timeout_s": 60.0})}
+    )
+    source = gemma_source(root)
+    first = start_daemon(root / "home", source, settings)
+    try:
+        _wait(lambda: first.app.state.forwarding.monitor.is_up("cloud"))
+        fake.timeout(60)  # read, never answered while the first daemon lives
+        response = _ask(first, "Is the boiler warm?", "prefer")
+        assert response.headers.get("X-Appliance-Route") == "queued", response.text
+        ident = response.headers["X-Appliance-Escalation-Id"]
+        assert _sent_per_key(fake)[ident] == 1
+    finally:
+        first.server.stop()
+    assert [route for route, _ in _ledger_rows(first, ident)] == ["upstream-estimated"]
+
+    app = create_app(first.home, settings)  # the same home, bundle and tokens
+    second = Daemon(first.home, app, BackgroundServer(app), first.infer_token)
+    second.server.start()
+    try:
+        _wait(lambda: _state(second, ident) == "done")
+        time.sleep(0.5)
+        assert _sent_per_key(fake)[ident] == 2
+        assert [route for route, _ in _ledger_rows(second, ident)] == [
+            "upstream-estimated",
+            "upstream",
+        ]
+    finally:
+        second.server.stop()

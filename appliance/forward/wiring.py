@@ -57,6 +57,9 @@ class Forwarding:
         for client in self.clients.values():
             with contextlib.suppress(Exception):
                 await client.aclose()
+        # a send cut by the close records its estimate and hands its item back before the
+        # ledger and the outbox close
+        await self.escalator.wait_idle(SHUTDOWN_WAIT_S)
         if self.owns_ledger:
             await asyncio.to_thread(self.ledger.close)
 
