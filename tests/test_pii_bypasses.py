@@ -186,3 +186,16 @@ def test_context_words_raise_recall(text: str, kind: str, value: str) -> None:
 )
 def test_context_near_misses(text: str) -> None:
     assert found(text) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("qty 2 4111 1111 1111 1111", "4111 1111 1111 1111"),
+        ("Room 12 5555 5555 5555 4444 please", "5555 5555 5555 4444"),
+        ("card 7 1234 5678 9012 3452", "1234 5678 9012 3452"),
+    ],
+)
+def test_a_card_right_after_a_short_number_is_found(text: str, value: str) -> None:
+    """The digits before it, read as its first group, made the whole run no card."""
+    assert (CREDIT_CARD, value) in found(text)

@@ -1,8 +1,11 @@
 """PII detection and reversible redaction.
 
-``default_analyzer().analyze(text)`` finds the PII in a text (`findings` names the types);
-``pseudonymize`` swaps it for placeholders and ``rehydrate`` puts it back. An installed
-NER model adds PERSON and ORGANIZATION: ``Analyzer([*default_recognizers(), ner])``.
+``default_analyzer().analyze(text)`` finds the PII in a text (`findings` names the types),
+``analyze_all(messages)`` in the messages of one request (each alone, and all joined: a value
+may be split across them); ``pseudonymize`` swaps it for placeholders and ``rehydrate`` puts
+it back. The recognizers read a normalised view of the text (`normalize`: fullwidth digits,
+Unicode spaces and dashes, zero-width characters), and their spans are spans of the original.
+An installed NER model adds PERSON and ORGANIZATION: ``Analyzer([*default_recognizers(), ner])``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from appliance.pii.findings import (
 from appliance.pii.identity import DateOfBirthRecognizer, DocumentNumberRecognizer, UsSsnRecognizer
 from appliance.pii.ner import OnnxEntityRecognizer
 from appliance.pii.network import IpAddressRecognizer, MacAddressRecognizer
+from appliance.pii.normalize import MESSAGE_BREAK, TextView, normalize
 from appliance.pii.redact import Redaction, pseudonymize, rehydrate
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "IBAN",
     "IP_ADDRESS",
     "MAC_ADDRESS",
+    "MESSAGE_BREAK",
     "NATIONAL_ID",
     "NER_TYPES",
     "ORGANIZATION",
@@ -73,9 +78,11 @@ __all__ = [
     "Redaction",
     "SecretRecognizer",
     "StreetAddressRecognizer",
+    "TextView",
     "UsSsnRecognizer",
     "default_analyzer",
     "default_recognizers",
+    "normalize",
     "pseudonymize",
     "rehydrate",
     "resolve_overlaps",

@@ -52,6 +52,7 @@ _CARD_CANDIDATE = re.compile(
     r"(?![A-Za-z0-9_\-]|[.,_][0-9])"
 )
 _BREAK_UNIT = re.compile(_BREAK)
+_GAP = re.compile(r"[^0-9]+")
 
 # (lowest prefix, highest prefix, lengths): prefixes compared on as many digits as they have.
 _ISSUERS: tuple[tuple[int, int, tuple[int, ...]], ...] = (
@@ -151,21 +152,29 @@ class CreditCardRecognizer:
 
     def find(self, text: str) -> Iterator[Finding]:
         for match in _CARD_CANDIDATE.finditer(text):
-            if glued_before(text, match.start(), "-.,"):
-                continue
-            candidate = match.group()
-            number = digits(candidate)
-            if not 13 <= len(number) <= 19 or not luhn.is_valid(number):
-                continue
-            if len(set(number)) == 1:
-                continue  # 0000 0000 0000 0000: a placeholder
-            if grouping_ok(candidate) and known_issuer(number):
-                yield Finding(CREDIT_CARD, match.start(), match.end(), self.score, self.name)
-            elif _card_context(text, match.start(), match.end()) and grouping_ok(
-                candidate, in_context=True
-            ):
-                score = self.score_in_context
-                yield Finding(CREDIT_CARD, match.start(), match.end(), score, self.name)
+            start, end = match.span()
+            finding = self._checked(text, start, end)
+            if finding is None:  # "qty 2 4111 1111 1111 1111": the number after the first
+                gap = _GAP.search(text, start, end)
+                finding = None if gap is None else self._checked(text, gap.end(), end)
+            if finding is not None:
+                yield finding
+
+    def _checked(self, text: str, start: int, end: int) -> Finding | None:
+        """The card number `text[start:end]`, or None when it is none."""
+        if glued_before(text, start, "-.,"):
+            return None
+        candidate = text[start:end]
+        number = digits(candidate)
+        if not 13 <= len(number) <= 19 or not luhn.is_valid(number):
+            return None
+        if len(set(number)) == 1:
+            return None  # 0000 0000 0000 0000: a placeholder
+        if grouping_ok(candidate) and known_issuer(number):
+            return Finding(CREDIT_CARD, start, end, self.score, self.name)
+        if grouping_ok(candidate, in_context=True) and _card_context(text, start, end):
+            return Finding(CREDIT_CARD, start, end, self.score_in_context, self.name)
+        return None
 
 
 # ------------------------------------------------------------------------------------ IBAN
