@@ -145,26 +145,55 @@ def test_a_slow_second_request_on_a_kept_alive_connection_is_closed(daemon: Serv
         assert b"HTTP/1.1 408" in read_until_closed(sock)
 
 
-def test_past_the_cap_even_loopback_is_refused_until_a_slot_frees(tmp_path: Path):
+def test_at_the_cap_the_oldest_idle_connection_makes_room(tmp_path: Path):
+    """Hoarders from many addresses fill the cap; a request that arrives whole is served."""
     cap = 4
-    for served in serve(tmp_path, max_connections=cap, header_timeout_s=1.0):
+    for served in serve(tmp_path, max_connections=cap, header_timeout_s=2.0):
         with ExitStack() as stack:
-            held = [
+            hoarders = [
                 stack.enter_context(connect(served.port, f"127.0.0.{10 + i}"))
                 for i in range(cap + LOOPBACK_RESERVE)
             ]
-            for sock in held:
+            for sock in hoarders:
                 sock.sendall(HALF_HEAD)
-            with connect(served.port, "127.0.0.99") as late:
-                assert read_until_closed(late).startswith(b"HTTP/1.1 503")
-            for sock in held:
+            health = httpx.get(f"{served.url}/healthz", timeout=SAFETY_S)
+            assert health.status_code == 200
+            evicted = read_until_closed(hoarders[0])  # the oldest
+            assert evicted.startswith(b"HTTP/1.1 503") and b"too_many_connections" in evicted
+            for sock in hoarders[2:]:  # [1] may have made room for the second client
                 assert read_until_closed(sock).startswith(b"HTTP/1.1 408")
-        assert httpx.get(f"{served.url}/healthz", timeout=SAFETY_S).status_code == 200
+
+
+def test_connections_busy_with_a_request_are_not_evicted(tmp_path: Path):
+    cap = 4
+    for served in serve(tmp_path, max_connections=cap, body_timeout_s=2.0):
+        with ExitStack() as stack:
+            busy = [
+                stack.enter_context(connect(served.port, f"127.0.0.{10 + i}"))
+                for i in range(cap + LOOPBACK_RESERVE)
+            ]
+            for sock in busy:  # a head, then the body is awaited (100 Continue says so)
+                sock.sendall(HALF_BODY.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+            for sock in busy:
+                assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+            with connect(served.port, "127.0.0.99") as late:
+                refused = read_until_closed(late)
+            assert refused.startswith(b"HTTP/1.1 503") and b"too_many_connections" in refused
+            for sock in busy:
+                assert b"HTTP/1.1 408" in read_until_closed(sock)
 
 
 LIMITS = ConnectionLimits(
     header_timeout_s=10, body_timeout_s=30, max_connections=3, max_per_client=2
 )
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.evicted = False
+
+    def evict(self) -> None:
+        self.evicted = True
 
 
 def test_per_client_cap_counts_an_ipv6_client_by_its_64():
@@ -173,7 +202,7 @@ def test_per_client_cap_counts_an_ipv6_client_by_its_64():
     assert guard.admit("2001:db8::ffff:2") is None
     assert "max_connections_per_client" in (guard.admit("2001:db8::3") or "")
     assert guard.admit("2001:db8:0:1::1") is None  # another /64, another client
-    guard.release("2001:db8::1")
+    guard.release(FakeConnection(), "2001:db8::1")
     assert guard.by_client["2001:db8::/64"] == 1
 
 
@@ -185,6 +214,19 @@ def test_the_loopback_reserve_is_for_loopback_only():
     assert guard.admit("127.0.0.1") is None  # the box's own supervisor still gets in
     assert guard.admit("::ffff:10.0.0.5") is not None
     assert guard.open == 4
+
+
+def test_at_the_cap_the_longest_idle_is_evicted_first():
+    guard = ConnectionGuard(LIMITS)
+    first, second, third = FakeConnection(), FakeConnection(), FakeConnection()
+    for connection, host in ((first, "10.0.0.1"), (second, "10.0.0.2"), (third, "10.0.0.3")):
+        assert guard.admit(host) is None
+        guard.mark_idle(connection, host)
+    guard.mark_busy(first)  # its head arrived: it holds its place
+    guard.mark_idle(first, "10.0.0.1")  # answered, kept alive: idle again, the newest
+    assert guard.admit("10.0.0.4") is None
+    assert (first.evicted, second.evicted, third.evicted) == (False, True, False)
+    assert guard.open == 3 and "10.0.0.2" not in guard.by_client
 
 
 def test_rate_limited_log_writes_one_line_and_a_count(caplog: pytest.LogCaptureFixture):

@@ -12,11 +12,14 @@ So the daemon serves HTTP through ``GuardedH11Protocol``, uvicorn's own h11 prot
 - a deadline for its body: ``server.body_timeout_s`` from the end of the head to the last
   byte. Past either, the client gets a 408 (unless a response has begun), the connection is
   closed, and the app, if it was waiting for the body, sees the client leave;
-- caps on open connections: ``server.max_connections`` in all (clients on loopback have
-  ``LOOPBACK_RESERVE`` more, so the box's own supervisor still reaches ``/healthz`` while the
-  network fills the cap) and ``server.max_connections_per_client`` per address (an IPv6
-  client counts per /64, the block one host usually holds). A connection past a cap gets a
-  minimal 503 and is closed at once, before a byte of it is read.
+- caps on open connections: ``server.max_connections_per_client`` per address (an IPv6
+  client counts per /64, the block one host usually holds), and ``server.max_connections``
+  in all (clients on loopback have ``LOOPBACK_RESERVE`` more, for the box's own supervisor).
+  At the cap the connection idle the longest (still sending its first head, or kept alive
+  between requests) is closed to make room, so hoarders from many addresses cannot shut out
+  a client that sends its request at once; only when every connection is busy with a request
+  is a new one refused. A refused or evicted connection gets a minimal 503 and is closed at
+  once (a refused one before a byte of it is read).
 
 Refusals and timeouts are logged once per ``LOG_INTERVAL_S`` with a count: under attack,
 a line per connection would itself fill the disk.
@@ -30,7 +33,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import h11
 from uvicorn.config import Config
@@ -102,13 +105,20 @@ def raw_response(status: int, reason: str, message: str, type: str, code: str) -
     return head.encode("ascii") + body
 
 
+class Evictable(Protocol):
+    def evict(self) -> None:
+        """Close at once: the guard has counted this connection out already."""
+
+
 class ConnectionGuard:
-    """What all connections of one server share: the counts, the limits, the log."""
+    """What all connections of one server share: the counts, the limits, the log, and the
+    idle connections (no request in progress), oldest first, to make room from."""
 
     def __init__(self, limits: ConnectionLimits) -> None:
         self.limits = limits
         self.open = 0
         self.by_client: Counter[str] = Counter()
+        self.idle: dict[Evictable, str] = {}  # connection -> client host, oldest first
         self.log = RateLimitedLog(log, LOG_INTERVAL_S)
         self.busy = raw_response(
             503,
@@ -132,18 +142,37 @@ class ConnectionGuard:
         }
 
     def admit(self, host: str) -> str | None:
-        """Count a new connection in; or say why it is refused (and count nothing)."""
+        """Count a new connection in; or say why it is refused (and count nothing).
+
+        At the cap, the connection idle the longest (one still sending its first head, or
+        kept alive between requests) is closed to make room: a client that sends its request
+        at once is served however many hoard connections, and only connections busy with a
+        request hold their place.
+        """
         key = client_key(host)
-        cap = self.limits.max_connections + (LOOPBACK_RESERVE if _is_loopback(host) else 0)
-        if self.open >= cap:
-            return f"{self.open} connections open (server.max_connections)"
         if self.by_client[key] >= self.limits.max_per_client:
             return f"{key} has {self.by_client[key]} open (server.max_connections_per_client)"
+        cap = self.limits.max_connections + (LOOPBACK_RESERVE if _is_loopback(host) else 0)
+        while self.open >= cap and self.idle:
+            victim, victim_host = next(iter(self.idle.items()))
+            self.release(victim, victim_host)
+            victim.evict()
+            self.log.note("evicted", "idle connection closed to make room (server.max_connections)")
+        if self.open >= cap:
+            return f"{self.open} connections open, all busy (server.max_connections)"
         self.open += 1
         self.by_client[key] += 1
         return None
 
-    def release(self, host: str) -> None:
+    def mark_idle(self, connection: Evictable, host: str) -> None:
+        self.idle.pop(connection, None)
+        self.idle[connection] = host  # the newest idle one: evicted last
+
+    def mark_busy(self, connection: Evictable) -> None:
+        self.idle.pop(connection, None)
+
+    def release(self, connection: Evictable, host: str) -> None:
+        self.idle.pop(connection, None)
         key = client_key(host)
         self.open -= 1
         self.by_client[key] -= 1
@@ -166,7 +195,8 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(config, server_state, app_state, _loop)
         self.guard = guard
         self._host = ""
-        self._admitted = False
+        self._counted = False  # in the guard's counts
+        self._served = False  # handed to uvicorn's protocol (not refused)
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
 
@@ -180,22 +210,29 @@ class GuardedH11Protocol(H11Protocol):
             transport.close()
             self.guard.log.note("refused", f"connection refused: {refusal}")
             return
-        self._admitted = True
+        self._counted = self._served = True
         super().connection_made(transport)
+        self.guard.mark_idle(self, self._host)
         self._head_timer = self.loop.call_later(
             self.guard.limits.header_timeout_s, self._expired, "head"
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._admitted:
-            return
-        self._admitted = False
-        self.guard.release(self._host)
+        if self._counted:
+            self._counted = False
+            self.guard.release(self, self._host)
+        if not self._served:
+            return  # refused: uvicorn never knew it
+        self._served = False
         self._cancel_timers()
         super().connection_lost(exc)
 
+    def evict(self) -> None:
+        self._counted = False  # the guard counted it out
+        self._close(self.guard.busy)
+
     def data_received(self, data: bytes) -> None:
-        if not self._admitted:
+        if not self._served:
             return  # refused: closing, nothing of it is read
         super().data_received(data)
         if self.conn.their_state is h11.IDLE and self._head_timer is None:
@@ -208,14 +245,18 @@ class GuardedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # arms the keep-alive timer: idle until the next head
-        if not self.transport.is_closing():
-            self._follow_request()  # a pipelined request may be complete already
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE:
+            self.guard.mark_idle(self, self._host)
+        self._follow_request()  # a pipelined request may be complete already
 
     def _follow_request(self) -> None:
         """Move from the head deadline to the body deadline as the request arrives."""
         state = self.conn.their_state
         if state is h11.IDLE:
             return
+        self.guard.mark_busy(self)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -239,17 +280,21 @@ class GuardedH11Protocol(H11Protocol):
             self._head_timer = None
         else:
             self._body_timer = None
-        if self.transport.is_closing():
-            return
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response head sent yet
-            self.transport.write(self.guard.timeout[part])
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            cycle.disconnected = True  # the app's receive() now says the client left
-            cycle.message_event.set()
-        self.transport.close()
+        self._close(self.guard.timeout[part])
         limit = "header_timeout_s" if part == "head" else "body_timeout_s"
         self.guard.log.note(
             f"timeout-{part}",
             f"connection closed: request {part} not received in time (server.{limit})",
         )
+
+    def _close(self, reason: bytes) -> None:
+        """Close now; say why first unless a response has begun; tell a waiting app."""
+        if self.transport.is_closing():
+            return
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response head sent yet
+            self.transport.write(reason)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() now says the client left
+            cycle.message_event.set()
+        self.transport.close()
