@@ -40,8 +40,9 @@ class ServerSettings(_Strict):
     # head; a LAN client needs milliseconds, a 1 MiB body at 35 KB/s needs 30 s.
     header_timeout_s: float = Field(default=10.0, gt=0)  # seconds
     body_timeout_s: float = Field(default=30.0, gt=0)  # seconds
-    # open connections at once (far below the open-files limit; more get a 503) and from one
-    # client address (an IPv6 client: one /64); a proxy in front is one client: raise it
+    # open connections at once (far below the open-files limit; then the longest idle one is
+    # closed for a new one, and when all are busy a new one gets a 503) and from one client
+    # address (an IPv6 client: one /64); a proxy in front is one client: raise it
     max_connections: int = Field(default=512, ge=1)  # connections
     max_connections_per_client: int = Field(default=64, ge=1)  # connections
     # /readyz without a token: "loopback" (a local supervisor; the network needs a token,

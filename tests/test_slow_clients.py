@@ -11,6 +11,7 @@ a regression fails instead of hanging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -27,7 +28,7 @@ from appliance.api.connections import LOOPBACK_RESERVE, ConnectionGuard, Connect
 from appliance.api.ratelog import RateLimitedLog
 from appliance.api.server import BackgroundServer, LoopErrors
 from appliance.home import Home
-from appliance.settings import ServerSettings, Settings
+from appliance.settings import RuntimeSettings, ServerSettings, Settings
 from appliance.tokens import TokenStore
 
 ATTACKER = "127.0.0.2"  # loopback, but another client address than the supervisor's
@@ -263,3 +264,32 @@ def test_accept_errors_are_not_a_traceback_flood(caplog: pytest.LogCaptureFixtur
     assert len(caplog.records) == 2  # one per kind; the counts follow once a window ends
     assert caplog.records[0].exc_info is None
     assert "Too many open files" in caplog.records[0].getMessage()
+
+
+def test_housekeeping_that_keeps_failing_logs_one_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    """Out of file descriptors, every round fails; 50 rounds are one traceback, not 50."""
+    from appliance.api import app as app_module
+
+    home = Home(tmp_path / "home").ensure()
+    app = create_app(home, Settings(runtime=RuntimeSettings(refresh_interval_s=0.01)))
+    rounds: list[int] = []
+
+    def no_descriptors(*_: object) -> None:
+        rounds.append(1)
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(app_module, "_scan_inbox", no_descriptors)
+
+    async def run() -> None:
+        task = asyncio.create_task(app_module._housekeeping(app))
+        while len(rounds) < 50:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="appliance.daemon"):
+        asyncio.run(asyncio.wait_for(run(), SAFETY_S))
+    assert len([r for r in caplog.records if r.exc_info]) == 1

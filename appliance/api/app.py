@@ -23,6 +23,7 @@ from appliance.api.context import RequestIdMiddleware
 from appliance.api.errors import install_handlers
 from appliance.api.governed import Governor
 from appliance.api.paths import hide_paths_in
+from appliance.api.ratelog import RateLimitedLog
 from appliance.api.security import GuardMiddleware, is_loopback, require_readiness
 from appliance.errors import ConfigError
 from appliance.forward.wiring import build as build_forwarding
@@ -37,6 +38,7 @@ from appliance.tco.ledger import Ledger
 from appliance.tokens import TokenStore
 
 log = logging.getLogger("appliance.daemon")
+HOUSEKEEPING_ERROR_INTERVAL_S = 60.0  # seconds between two tracebacks of one kind of failure
 
 
 def check_bind(settings: Settings) -> None:
@@ -72,6 +74,7 @@ async def _housekeeping(app: FastAPI) -> None:
     home: Home = app.state.home
     settings: Settings = app.state.settings
     models: ModelManager = app.state.models
+    failures = RateLimitedLog(log, HOUSEKEEPING_ERROR_INTERVAL_S)
     while True:
         await asyncio.sleep(settings.runtime.refresh_interval_s)
         try:
@@ -83,8 +86,11 @@ async def _housekeeping(app: FastAPI) -> None:
             await asyncio.to_thread(app.state.governor.analyzers.refresh)
             for name in models.reap_idle():
                 log.info("model %s unloaded after keep-alive", name)
-        except Exception:
-            log.exception("housekeeping failed; will retry")
+        except Exception as e:
+            # A cause that lasts (a full disk, no file descriptors) fails every round: its
+            # traceback once per interval, then a count.
+            if failures.note(type(e).__name__, f"housekeeping failed again: {e}", emit=False):
+                log.exception("housekeeping failed; will retry")
 
 
 def create_app(
