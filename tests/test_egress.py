@@ -61,7 +61,7 @@ CASES = [
     # stop strings are classified like message text (item 1)
     Case("card-in-stop", [user("Say hello.")], "4111111111111111", False,
          stop=["4111 1111 1111 1111"]),
-    Case("ssn-in-stop", [user("Say hello.")], "078051120", False, stop=["SSN 078-05-1120"]),
+    Case("ssn-in-stop", [user("Say hello.")], "536228726", False, stop=["SSN 536-22-8726"]),
     Case("key-in-stop", [user("Say hello.")], "sk-proj-9fQ2xLmN7vR4tY8wZ1aB3cD5eF6gH0jK", False,
          stop=["sk-proj-9fQ2xLmN7vR4tY8wZ1aB3cD5eF6gH0jK"]),
     Case("email-in-stop", [user("Say hello.")], "ana.ruiz@example.com", True,
@@ -83,7 +83,7 @@ CASES = [
          "4111111111111111", False),
     Case("zero-width-keyword", [user("My pass\u200bword is Tr0ub4dor&3x, keep it.")],
          "Tr0ub4dor&3x", False),
-    Case("nb-hyphen-ssn", [user("SSN 078\u201105\u20111120 on file.")], "078051120", False),
+    Case("nb-hyphen-ssn", [user("SSN 536\u201122\u20118726 on file.")], "536228726", False),
     Case("nb-hyphen-phone", [user("Call me at +1 415\u2011555\u20112671 tonight.")],
          "4155552671", True),
     Case("lower-case-iban", [user("Wire it to de89 3704 0044 0532 0130 00 now.")],

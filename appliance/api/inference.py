@@ -117,9 +117,11 @@ _TEMPLATE_TOKENS = 256
 
 def _surely_within(source: PromptSource, limit: int) -> bool:
     """Whether `source` is certainly within `limit` tokens, without a tokenizer."""
-    texts = [source.text or ""] if source.messages is None else [
-        str(m.get("content") or "") for m in source.messages
-    ]
+    texts = (
+        [source.text or ""]
+        if source.messages is None
+        else [str(m.get("content") or "") for m in source.messages]
+    )
     bound = _TEMPLATE_TOKENS + _TEMPLATE_TOKENS_PER_MESSAGE * len(texts)
     return bound + sum(len(t.encode("utf-8")) for t in texts) <= limit
 
