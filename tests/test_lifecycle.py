@@ -15,7 +15,7 @@ from appliance.bundles.installer import BundleManager
 from appliance.bundles.keys import PublicKey
 from appliance.errors import BundleError, BundleNotFoundError, SignatureError, TrustError
 from appliance.home import Home
-from tests.helpers import Key, make_bundle
+from tests.helpers import Key, make_bundle, read_members, write_raw_bundle
 
 
 def _active(manager: BundleManager, name: str) -> str | None:
@@ -200,3 +200,27 @@ def _raw(k: Key) -> bytes:
     from appliance.bundles.keys import load_public_key
 
     return load_public_key(k.public).raw
+
+
+def test_verify_hashes_a_copy_of_an_installed_bundle_every_time(
+    manager: BundleManager, workdir: Path, key: Key
+):
+    """`bundle verify` checks the bytes of the file it is given, also when a bundle with the
+    same manifest is installed: a tampered copy is refused, not 'already installed'."""
+    bundle = make_bundle(workdir, [key])
+    manager.install(bundle)
+
+    seen: list[tuple[int, int]] = []
+    outcome = manager.verify_file(bundle, progress=lambda done, total: seen.append((done, total)))
+    assert outcome.action == "already-installed"
+    assert seen and seen[-1][0] == seen[-1][1] > 0  # every payload byte was hashed
+
+    members = read_members(bundle)
+    tampered = [
+        (name, data.replace(b"schema", b"SCHEMA") if name.startswith("payload/") else data)
+        for name, data in members
+    ]
+    assert tampered != members
+    copy = write_raw_bundle(workdir / "tampered.bundle", tampered)
+    with pytest.raises(BundleError, match="sha256|SHA-256|hash"):
+        manager.verify_file(copy)

@@ -10,6 +10,7 @@ which every operation runs first.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import tempfile
@@ -24,7 +25,7 @@ import sqlite_utils
 from appliance import __version__
 from appliance.bundles import archive, records, trust
 from appliance.bundles.keys import PublicKey
-from appliance.bundles.manifest import POLICY_FILE, digest, parse_timestamp
+from appliance.bundles.manifest import POLICY_FILE, digest, parse_manifest, parse_timestamp
 from appliance.bundles.outcome import Outcome
 from appliance.bundles.payload import Progress
 from appliance.bundles.reader import BundleReader
@@ -139,16 +140,39 @@ class BundleManager:
         return verified
 
     def verify_file(self, path: Path, progress: Progress | None = None) -> Outcome:
-        """Full offline verification, payload hashes included; raises unless it would install."""
+        """Full offline verification, payload hashes included; raises unless it would install.
+
+        The given file is always verified, every byte of it, also when a bundle with the
+        same manifest is installed: a tampered copy of an installed bundle is refused, not
+        reported as "already installed".
+        """
         started = time.perf_counter()
         with BundleReader(path, self.limits) as reader:
-            verified = self._open(reader)
-            if isinstance(verified, records.InstalledBundle):
-                return Outcome.of_installed(
-                    verified, "already-installed", time.perf_counter() - started
-                )
+            opened = self._open(reader)
+            installed = opened if isinstance(opened, records.InstalledBundle) else None
+            verified = self._reverify(reader) if installed is not None else opened
+            assert isinstance(verified, VerifiedManifest)
             reader.copy_payload(verified.manifest, None, progress)
+        if installed is not None:
+            return Outcome.of_installed(
+                installed, "already-installed", time.perf_counter() - started
+            )
         return Outcome.of_verified(verified, "verified", False, time.perf_counter() - started)
+
+    def _reverify(self, reader: BundleReader) -> VerifiedManifest:
+        """Every check of an installed bundle's file but the rollback one (its own sequence
+        is the floor), so that its payload can be hashed like any other's."""
+        context = self._context()
+        manifest_name = parse_manifest(reader.manifest_raw, self.limits.manifest_max_bytes).name
+        floors = {k: v for k, v in context.sequence_floors.items() if k != manifest_name}
+        verified = verify_metadata(
+            reader.manifest_raw,
+            reader.signatures_raw,
+            self.trust_snapshot(),
+            dataclasses.replace(context, sequence_floors=floors),
+        )
+        reader.check_listing(verified.manifest)
+        return verified
 
     # -- installation ------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def _size(n: int) -> str:
 def _print_outcome(outcome: Outcome) -> None:
     verb = {
         "installed": "installed",
-        "already-installed": "already installed (nothing changed)",
+        "already-installed": "verified; already installed (nothing changed)",
         "verified": "verified: would install",
     }[outcome.action]
     console.print(f"{outcome.name} {outcome.version}: {verb}")
