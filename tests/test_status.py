@@ -177,6 +177,9 @@ def test_a_healthy_daemon_says_so_and_the_cli_shows_the_same_document(
     # GET /status from the box itself needs no token; from elsewhere it would.
     direct = httpx.get(f"{daemon.url}/status", timeout=30).json()
     assert direct.keys() == doc.keys() and direct["models"] == doc["models"]
+    # No path over HTTP; the field tech at the box still reads where the home is.
+    assert str(daemon.home.root) not in json.dumps(direct)
+    assert doc["home"] == str(daemon.home.root)
 
 
 def test_status_from_the_network_needs_a_token(daemon: Daemon):

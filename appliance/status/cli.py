@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -31,6 +32,9 @@ from appliance.status import document
 PROBE_TIMEOUT_S = 2.0  # seconds to wait for the daemon before calling it down
 WATCH_INTERVAL_S = 2.0  # seconds between refreshes with --watch
 TOKEN_ENV = "APPLIANCE_TOKEN"  # a device token, needed only for a daemon on another host
+# what the daemon writes for its home in /status (appliance.api.paths.HOME_TEXT; not imported:
+# this command must not load the web stack)
+HOME_TEXT = "$APPLIANCE_HOME"
 
 
 def default_url(settings: Settings) -> str:
@@ -57,7 +61,8 @@ def collect(h: Home, settings: Settings, url: str) -> dict[str, Any]:
         raise UsageError(f"--url {url!r} is not an http:// address: {e}") from e
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+            live = json.loads(response.read())
+        return _with_home(live, h) if _is_loopback(url) else live  # type: ignore[no-any-return]
     except urllib.error.HTTPError as e:
         daemon_up = True
         reason = f"GET /status answered HTTP {e.code}"
@@ -76,6 +81,23 @@ def collect(h: Home, settings: Settings, url: str) -> dict[str, Any]:
         daemon=daemon,
         policy=lambda: peek(h, settings.policy_file),
     )
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+def _with_home(document: Any, h: Home) -> Any:
+    """The daemon's document with the home written out again: the daemon names it
+    ``$APPLIANCE_HOME`` (no path goes over HTTP), and a field tech on the box wants the path."""
+    if isinstance(document, str):
+        return document.replace(HOME_TEXT, str(h.root))
+    if isinstance(document, dict):
+        return {key: _with_home(value, h) for key, value in document.items()}
+    if isinstance(document, list):
+        return [_with_home(value, h) for value in document]
+    return document
 
 
 # Off a terminal (pipes, CI logs) Rich would wrap at 80 columns; don't.
