@@ -29,10 +29,12 @@ pattern every spelling, the analyzer hands every recognizer one normalised view:
 
 Case is kept as typed: recognizers that accept either case do so themselves.
 
-Offsets: each character of the view comes from one *chunk* of the original (a character and
-its combining marks, or a run of separators collapsed into one); removed characters belong to
-no view character. `TextView.span` maps a view span to the original span from the start of
-its first character's chunk to the end of its last one's. So it covers whole original
+Offsets: the view is the original with a list of edits, each replacing one *chunk* (a
+character and its combining marks, or a run of separators collapsed into one) with what it
+reads as, possibly nothing; every view character comes from one chunk, or from the original
+character at its place. `TextView.span` maps a view span to the original span from the
+start of its first character's chunk to the end of its last one's (a binary search in the
+edits, so a map costs memory and time per edit, not per character). So it covers whole original
 characters, and everything between them, invisible characters included: redacting the
 original span leaves nothing of the value behind, and the placeholder maps back to exactly
 the characters that were there.
@@ -47,6 +49,7 @@ no map. A 2 KB prompt in German, Chinese or Hindi takes tens of microseconds.
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -62,7 +65,7 @@ _PLAIN_BYTES = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 _DOUBLED = ("  ", "..", "--", "__")
 _DOUBLED_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])([ ._\-])\1+(?=[0-9])")
 _PROSE_DASHES = "\u2013\u2014\u2015"  # en dash, em dash, horizontal bar
-_DASH_BETWEEN_DIGITS = re.compile(r"(?<=[0-9])[\u2013\u2014\u2015](?=[0-9])")
+_DASH = re.compile(r"(?<=[0-9])[\u2013\u2014\u2015](?=[0-9])")  # between digits
 
 _LINE_BREAKS = "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _HYPHENS = "\u2010\u2011\u2012\u2212\ufe63\uff0d"
@@ -114,31 +117,47 @@ def _composes(char: str) -> bool:
     return unicodedata.combining(char) > 0 or unicodedata.category(char) == "Me"
 
 
+Edit = tuple[int, int, str]  # original text[start:end] reads as this in the view
+
+
 @dataclass(frozen=True, slots=True)
 class TextView:
     """The normalised `text` of an original one; `span` maps its offsets back.
 
-    `starts[i]` and `ends[i]` are the original chunk that view character `i` comes from;
-    both are None when every view character comes from the original character at its own
-    offset (the view is the text, or differs only in characters replaced one for one).
+    The view is the original with `edits` applied: each replaces an original chunk
+    ``[start, end)`` (a character and its marks, a run of separators) with what it reads as
+    (possibly nothing); `outputs[k]` is where edit k's output starts in the view. Both are
+    empty when every view character is the original character at its own offset (the view
+    is the text, or only replaces characters one for one).
     """
 
     text: str
-    starts: list[int] | None = None
-    ends: list[int] | None = None
+    edits: tuple[Edit, ...] = ()
+    outputs: tuple[int, ...] = ()
 
     @property
     def same_offsets(self) -> bool:
         """Whether view offsets are original offsets."""
-        return self.starts is None
+        return not self.edits
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         """The original span that the non-empty view span [start, end) comes from."""
-        if self.starts is None or self.ends is None:
+        if not self.edits:
             return start, end
         if not 0 <= start < end <= len(self.text):
             raise ValueError(f"[{start}, {end}) is no span of a {len(self.text)}-character view")
-        return self.starts[start], self.ends[end - 1]
+        return self._chunk(start)[0], self._chunk(end - 1)[1]
+
+    def _chunk(self, index: int) -> tuple[int, int]:
+        """The original chunk that view character `index` comes from."""
+        k = bisect.bisect_right(self.outputs, index) - 1
+        if k < 0:
+            return index, index + 1  # before the first edit: offsets unchanged
+        start, end, folded = self.edits[k]
+        past = index - self.outputs[k] - len(folded)  # characters after the edit's output
+        if past < 0:
+            return start, end
+        return end + past, end + past + 1
 
 
 def _plain(text: str) -> bool:
@@ -195,21 +214,27 @@ def normalize(text: str) -> TextView:
     if _plain(text):
         return TextView(text)
     edits = list(_edits(text))
-    starts: list[int] | None = None
-    ends: list[int] | None = None
-    if all(end - start == 1 == len(folded) for start, end, folded in edits):
-        view = _apply(text, edits)  # one for one (or nothing): the offsets stand
-    else:
-        view, starts, ends = _mapped(text, edits)
+    view = _apply(text, edits)
+    # Between digits: en and em dashes read as '-', and a doubled separator as one. Both are
+    # found in the view, and become edits of the original, in place of the ones they cover.
+    later: list[Edit] = []
     if any(dash in view for dash in _PROSE_DASHES):
-        view = _DASH_BETWEEN_DIGITS.sub("-", view)  # one for one: the offsets stand
+        first = TextView(view, tuple(edits), _outputs(edits))
+        later += ((*first.span(m.start(), m.end()), "-") for m in _DASH.finditer(view))
     if any(doubled in view for doubled in _DOUBLED):
-        view, starts, ends = _collapse_separators(view, starts, ends)
-    return TextView(view, starts, ends)
+        first = TextView(view, tuple(edits), _outputs(edits))
+        runs = _DOUBLED_BETWEEN_DIGITS.finditer(view)
+        later += ((*first.span(*m.span()), m.group(1)) for m in runs)
+    if later:
+        edits = _merged(edits, later)
+        view = _apply(text, edits)
+    if all(end - start == 1 == len(folded) for start, end, folded in edits):
+        return TextView(view)  # one for one (or nothing): the offsets stand
+    return TextView(view, tuple(edits), _outputs(edits))
 
 
-def _edits(text: str) -> Iterator[tuple[int, int, str]]:
-    """(start, end, view) for each chunk of `text` that reads differently in the view."""
+def _edits(text: str) -> Iterator[Edit]:
+    """The chunks of `text` that read differently in the view, in order."""
     done = 0
     for run in _FOLDABLE.finditer(text):
         index, stop = run.span()
@@ -227,7 +252,7 @@ def _edits(text: str) -> Iterator[tuple[int, int, str]]:
         done = stop
 
 
-def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
+def _apply(text: str, edits: list[Edit]) -> str:
     pieces: list[str] = []
     done = 0
     for start, end, folded in edits:
@@ -237,46 +262,28 @@ def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
     return "".join(pieces)
 
 
-def _mapped(text: str, edits: list[tuple[int, int, str]]) -> tuple[str, list[int], list[int]]:
-    """The view of `text` where some chunks change length, with its offset map."""
-    pieces: list[str] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    done = 0  # text[:done] is in the view
+def _outputs(edits: list[Edit]) -> tuple[int, ...]:
+    """Where each edit's output starts in the view."""
+    outputs = []
+    shift = 0  # view offset minus original offset
     for start, end, folded in edits:
-        pieces += (text[done:start], folded)
-        starts.extend(range(done, start))
-        ends.extend(range(done + 1, start + 1))
-        starts.extend([start] * len(folded))
-        ends.extend([end] * len(folded))
-        done = end
-    pieces.append(text[done:])
-    starts.extend(range(done, len(text)))
-    ends.extend(range(done + 1, len(text) + 1))
-    return "".join(pieces), starts, ends
+        outputs.append(start + shift)
+        shift += len(folded) - (end - start)
+    return tuple(outputs)
 
 
-def _collapse_separators(
-    view: str, starts: list[int] | None, ends: list[int] | None
-) -> tuple[str, list[int] | None, list[int] | None]:
-    """`view` with each doubled separator between digits made one; that one covers the run."""
-    runs = list(_DOUBLED_BETWEEN_DIGITS.finditer(view))
-    if not runs:
-        return view, starts, ends
-    if starts is None or ends is None:
-        starts, ends = list(range(len(view))), list(range(1, len(view) + 1))
-    pieces: list[str] = []
-    new_starts: list[int] = []
-    new_ends: list[int] = []
-    done = 0
-    for run in runs:
-        kept, stop = run.start(), run.end()
-        pieces.append(view[done : kept + 1])
-        new_starts += starts[done : kept + 1]
-        new_ends += ends[done:kept]
-        new_ends.append(ends[stop - 1])
-        done = stop
-    pieces.append(view[done:])
-    new_starts += starts[done:]
-    new_ends += ends[done:]
-    return "".join(pieces), new_starts, new_ends
+def _merged(edits: list[Edit], later: list[Edit]) -> list[Edit]:
+    """`edits` and `later` in order, without the edits that a later one covers (both lists
+    hold disjoint edits, and each edit lies wholly inside or outside each later one)."""
+    later.sort()
+    merged: list[Edit] = []
+    k = 0
+    for edit in edits:
+        while k < len(later) and later[k][1] <= edit[0]:
+            merged.append(later[k])
+            k += 1
+        if k < len(later) and later[k][0] <= edit[0] and edit[1] <= later[k][1]:
+            continue  # replaced by the later edit
+        merged.append(edit)
+    merged += later[k:]
+    return merged
