@@ -33,6 +33,29 @@ def test_a_card_split_across_messages_is_found_in_each(
     assert found(*texts) == [[(CREDIT_CARD, value)] for value in expected]
 
 
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["My card: 4111 1111", "Go on.", "1111 1111"],
+        ["You are a helpful agent.", "My card: 4111 1111", "Sure, the rest?", "1111 1111"],
+        ["4111 1111", "and?", "1111", "ok", "1111"],
+    ],
+)
+def test_a_card_split_around_a_reply_is_found_in_the_speakers_messages(
+    texts: list[str],
+) -> None:
+    expected = [[] if "1111" not in t else [(CREDIT_CARD, t.split(": ")[-1])] for t in texts]
+    assert found(*texts) == expected
+
+
+def test_across_a_reply_only_values_that_run_on_count() -> None:
+    """Every other message is read joined by the card recognizer only, and only a number
+    that runs on across the break counts: no context from two messages back."""
+    assert found("Ticket 4111 1111", "Go on.", "Room 1111 1111") == [[], [], []]
+    reply = "Which of your accounts do you mean, the new one?"  # the card word is far
+    assert found("My card?", reply, "Ref 1234 5678 9012 3452") == [[], [], []]
+
+
 def test_each_message_alone_holds_no_card() -> None:
     assert default_analyzer().analyze("My card: 4111 1111") == []
     assert default_analyzer().analyze("1111 1111") == []

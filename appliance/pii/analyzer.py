@@ -83,22 +83,54 @@ class Analyzer:
     ) -> list[list[Finding]]:
         """The PII in each of `texts`, the messages of one request: each text alone, and
         what the texts joined find in it (a value split across messages, a context word in
-        the message before)."""
+        the message before).
+
+        A value may also be split across two turns of one speaker with the other's reply in
+        between ("My card: 4111 1111" / "Go on." / "1111 1111"): the recognizers whose
+        values run on across a message break (``joins_messages = True``: the card numbers)
+        also read every other message joined (the even ones, the odd ones), and what they
+        find there across a break counts too.
+        """
         views = [normalize(text) for text in texts]
         found = [list(_original(v, self._find(v.text, types, min_score))) for v in views]
         if len(views) > 1:
-            joined = JoinedView.of(views)
-            for finding in self._find(joined.text, types, min_score):
-                for index, piece in joined.pieces(finding):
-                    found[index].append(piece)
+            self._add_joined(views, range(len(views)), types, min_score, found)
+        if len(views) > 2:
+            joining = [r for r in self.recognizers if getattr(r, "joins_messages", False)]
+            for first in (0, 1):
+                turns = range(first, len(views), 2)
+                if len(turns) > 1:
+                    self._add_joined(views, turns, types, min_score, found, joining)
         return [resolve_overlaps(group) for group in found]
 
+    def _add_joined(
+        self,
+        views: Sequence[TextView],
+        indexes: range,
+        types: Collection[str] | None,
+        min_score: float,
+        found: list[list[Finding]],
+        recognizers: Sequence[Recognizer] | None = None,
+    ) -> None:
+        """Adds to `found` what the views at `indexes`, joined, find in each of them (with
+        `recognizers`: only what runs on across a break)."""
+        joined = JoinedView.of([views[i] for i in indexes])
+        for finding in self._find(joined.text, types, min_score, recognizers):
+            pieces = list(joined.pieces(finding))
+            if recognizers is None or len(pieces) > 1:
+                for index, piece in pieces:
+                    found[indexes[index]].append(piece)
+
     def _find(
-        self, text: str, types: Collection[str] | None, min_score: float
+        self,
+        text: str,
+        types: Collection[str] | None,
+        min_score: float,
+        recognizers: Sequence[Recognizer] | None = None,
     ) -> Iterator[Finding]:
-        """Every recognizer's findings in `text`, overlaps and all."""
+        """The findings of `recognizers` (default: all) in `text`, overlaps and all."""
         wanted = None if types is None else frozenset(types)
-        for recognizer in self.recognizers:
+        for recognizer in self.recognizers if recognizers is None else recognizers:
             if wanted is not None and wanted.isdisjoint(recognizer.types):
                 continue
             for finding in recognizer.find(text):

@@ -147,6 +147,7 @@ class CreditCardRecognizer:
 
     name = "credit_card"
     types = (CREDIT_CARD,)
+    joins_messages = True  # a number may run on across a message break (see the analyzer)
     score = 0.95
     score_in_context = 0.9  # any prefix, but a card word next to it
 

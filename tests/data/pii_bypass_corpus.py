@@ -7,8 +7,9 @@ makers, so the records before these do not change. Four groups:
   or unusual separators, zero-width characters and soft hyphens inside, Unicode dashes,
   IBANs in lower case or grouped with hyphens, internationalised e-mail addresses, and
   context words broken by an invisible character;
-- conversations (item 3): a card number split across two or more messages of one request,
-  and a context word in the message before the number;
+- conversations (item 3): a card number split across two or more messages of one request
+  (also around the other party's reply: each part is then labelled in its message), and a
+  context word in the message before the number;
 - context (item 4): Luhn-valid card numbers of no known issuer next to a card word in the
   languages the recognizers know, SSNs, phones, IBANs and MAC addresses in shapes that only
   a context word makes PII;
@@ -206,6 +207,11 @@ def conversations(make: Makers) -> list[dict[str, object]]:
     )
     number = make.luhn_number("4", 16)
     cases.append((f"pay with [[CREDIT_CARD:{number[:8]}||{number[8:]}]]", "contiguous, split"))
+    for reply in ("Go on.", "Sure, and the rest of the number?"):
+        groups = _grouped(make).split(" ")
+        first, second = " ".join(groups[:2]), " ".join(groups[2:])
+        marked = f"My card: [[CREDIT_CARD:{first}]]||{reply}||[[CREDIT_CARD:{second}]]"
+        cases.append((marked, "card split by the user around a reply"))
     unknown = _unknown_issuer(make)
     cases.append(
         (f"What is the card number?||[[CREDIT_CARD:{unknown}]]", "card word the message before")
