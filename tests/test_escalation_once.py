@@ -41,8 +41,8 @@ from appliance.state import utc_now
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
 
-DEVICE_WAIT_S = 4.0  # server.request_timeout_s: how long a device waits for an answer
-CLIENT_TIMEOUT_S = 8.0  # sync.request_timeout_s: the upstream client's own deadline
+DEVICE_WAIT_S = 8.0  # server.request_timeout_s: how long a device waits for an answer
+CLIENT_TIMEOUT_S = 12.0  # sync.request_timeout_s: the upstream client's own deadline
 
 CASCADE_POLICY = """
 schema = 1

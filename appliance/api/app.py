@@ -18,10 +18,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
-from appliance.api import escalations, metrics_route, openai_routes, status_route
+from appliance.api import escalations, inference, metrics_route, openai_routes, status_route
 from appliance.api.context import RequestIdMiddleware
 from appliance.api.errors import install_handlers
-from appliance.api.governed import Governor
 from appliance.api.paths import hide_paths_in
 from appliance.api.ratelog import RateLimitedLog
 from appliance.api.security import GuardMiddleware, is_loopback, require_readiness
@@ -31,6 +30,7 @@ from appliance.governance.active import ActivePolicy
 from appliance.governance.audit import AuditLog
 from appliance.governance.entities import AnalyzerSlot
 from appliance.governance.escalation import Escalator, NoEscalator
+from appliance.governance.pipeline import Pipeline
 from appliance.home import Home
 from appliance.runtime.manager import ModelManager
 from appliance.settings import Settings
@@ -110,8 +110,14 @@ def create_app(
     if escalator is None and settings.upstreams:
         forwarding = build_forwarding(home, settings, lambda: policy.policy, "daemon", ledger)
         escalator = forwarding.escalator
-    governor = Governor(
-        policy, analyzers, escalator or NoEscalator(), audit, settings, models, ledger
+    governor = Pipeline(
+        policy,
+        analyzers,
+        escalator or NoEscalator(),
+        audit,
+        settings,
+        ledger,
+        inference.hardness_check(models, settings.server),
     )
 
     @contextlib.asynccontextmanager

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from appliance import metrics
 from appliance.api.errors import APIError, limit_exceeded
+from appliance.policy.schema import Policy
 from appliance.runtime.backend import Backend, GenerationRequest, GenerationResult, TokenEvent
-from appliance.runtime.manager import Job, ModelWorker
+from appliance.runtime.manager import Job, ModelManager, ModelWorker
 from appliance.settings import ServerSettings
 
 
@@ -225,3 +226,23 @@ async def classify(
     async for item in _drain(bridge, deadline, cancelled.set):
         return item.value  # type: ignore[no-any-return]
     raise RuntimeError("classification produced no result")
+
+
+def hardness_check(
+    models: ModelManager, limits: ServerSettings
+) -> Callable[[Policy, str], Awaitable[str | None]]:
+    """The policy's optional pre-check classifier as the pipeline asks it: a reason to call
+    a text hard, or None. It runs on the classifier bundle's own model worker."""
+
+    async def check(policy: Policy, text: str) -> str | None:
+        precheck = policy.precheck
+        worker = models.loaded_worker(precheck.classifier) or await asyncio.to_thread(
+            models.worker, precheck.classifier
+        )
+        labels = await classify(worker, [text], limits)
+        score = labels[0].get(precheck.classifier_label, 0.0)
+        if score >= precheck.classifier_threshold:
+            return f"classifier {precheck.classifier}: {precheck.classifier_label} {score:.2f}"
+        return None
+
+    return check

@@ -1,26 +1,32 @@
 """The OpenAI-compatible routes: models, chat completions, completions, embeddings.
 
-Every inference response says where it was answered: the ``X-Appliance-Route`` header and an
-``appliance`` key in the body (always ``local`` here; the governance layer adds the others).
+The inference routes only translate: the HTTP body into one ``Query``, the pipeline's
+``Outcome`` (``appliance.governance.pipeline``, which owns the order of events) back into
+OpenAI's shapes, one JSON document or SSE chunks. Every inference response says where it was
+answered: the ``X-Appliance-Route`` header and an ``appliance`` key in the body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from appliance.api import formats, governed, inference
+from appliance.api import formats, inference
 from appliance.api.errors import APIError, limit_exceeded
 from appliance.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from appliance.api.security import require_infer
+from appliance.governance.pipeline import Outcome, Pipeline, Query
 from appliance.runtime.backend import GenerationRequest, GenerationResult, TokenEvent
-from appliance.runtime.manager import ModelManager
+from appliance.runtime.manager import ModelManager, ModelWorker
+from appliance.settings import ServerSettings
 
 router = APIRouter(dependencies=[Depends(require_infer)])
 
@@ -93,130 +99,107 @@ async def _generative_worker(request: Request, model: str) -> Any:
     return worker
 
 
-def _governor(request: Request) -> governed.Governor:
+def _pipeline(request: Request) -> Pipeline:
     return request.app.state.governor  # type: ignore[no-any-return]
+
+
+@dataclass
+class _WorkerModel:
+    """The local model of one request, as the pipeline uses it: a worker and the prompt."""
+
+    worker: ModelWorker
+    source: inference.PromptSource
+    limits: ServerSettings
+
+    async def check_prompt(self) -> None:
+        await inference.check_prompt(self.worker, self.source, self.limits)
+
+    def generate(
+        self, request: GenerationRequest, stream: bool
+    ) -> AsyncGenerator[TokenEvent | GenerationResult, None]:
+        return inference.generate(self.worker, self.source, request, self.limits, stream)
+
+
+def refusal(outcome: Outcome, envelope: dict[str, Any]) -> APIError:
+    """A refused request: 403, with the route header and the decision in the body."""
+    return APIError(
+        403,
+        "the policy refuses this request: " + "; ".join(outcome.reasons[-2:]),
+        type="policy_error",
+        code="policy_refused",
+        headers=outcome.headers(),
+        appliance=envelope,
+    )
 
 
 async def _respond(
     request: Request,
-    worker: Any,
-    inbound: governed.Inbound,
+    worker: ModelWorker,
+    query: Query,
+    source: inference.PromptSource,
     fmt: formats.Format,
-    stream: bool,
     include_usage: bool,
 ) -> Any:
-    """Answer `inbound` under the policy, as one JSON document or as an SSE stream."""
-    gov = _governor(request)
-    limits = request.app.state.settings.server
-    label = gov.active.current.label
-    plan = await gov.plan(inbound)
-
-    asked = governed.UpstreamFirst()
-    if plan.skip_local:
-        # the limits hold whichever way the request goes (the local path checks them too)
-        await inference.check_prompt(worker, inbound.source, limits)
-        asked = await gov.try_upstream_first(inbound, plan)
-        if asked.decided is not None:
-            return _upstream_answer(asked.decided, worker, label, fmt, stream, include_usage)
-
-    inbound.generation.confidence = gov.wants_confidence(plan)
-    hold = stream and gov.must_hold_stream(plan)
-    events = inference.generate(
-        worker, inbound.source, inbound.generation, limits, stream=stream and not hold
-    )
-    if not stream or hold:
-        content, result = await governed.collect(events)
-        decided = await gov.judge(inbound, plan, content, result, streamed=False, first=asked)
-        envelope = decided.envelope(worker, label)
-        if decided.route == "refused":
-            raise governed.refusal(decided, envelope)
-        if decided.route == "escalated":
-            return _upstream_answer(decided, worker, label, fmt, stream, include_usage)
-        usage = formats.usage_of(result.prompt_tokens, result.completion_tokens)
-        finish = formats.finish_of(result.finish_reason)
-        return _finished(
-            fmt, decided, envelope, result.text, content, finish, usage, stream, include_usage
-        )
-
+    """Answer `query` under the policy (the pipeline), as one JSON document or as SSE."""
+    pipeline = _pipeline(request)
+    label = pipeline.active.current.label
+    local = _WorkerModel(worker, source, request.app.state.settings.server)
+    events = pipeline.run(query, local)
     first = await anext(events)  # errors before the first token still get a JSON error
 
+    def envelope(outcome: Outcome) -> dict[str, Any]:
+        return outcome.envelope(worker.spec.version, worker.spec.digest, label)
+
+    if isinstance(first, Outcome):  # nothing went out live: the whole answer at once
+        if first.route == "refused":
+            raise refusal(first, envelope(first))
+        return _finished(fmt, first, envelope(first), query.stream, include_usage)
+
     async def live() -> AsyncIterator[str]:
-        content: list[TokenEvent] = []
-        judged = False
-        try:
+        async with contextlib.aclosing(events):  # a client gone closes the pipeline's run
             for chunk in fmt.opening():
                 yield formats.sse(chunk)
-            item: TokenEvent | GenerationResult = first
-            while not isinstance(item, GenerationResult):
-                content.append(item)
+            item: TokenEvent | Outcome = first
+            while not isinstance(item, Outcome):
                 piece = fmt.piece(item.text, item)
                 if piece is not None:
                     yield formats.sse(piece)
                 item = await anext(events)
-            decided = await gov.judge(inbound, plan, content, item, streamed=True, first=asked)
-            judged = True
-            yield formats.sse(
-                fmt.closing(formats.finish_of(item.finish_reason), decided.envelope(worker, label))
-            )
+            yield formats.sse(fmt.closing(formats.finish_of(item.finish_reason), envelope(item)))
             if include_usage:
                 yield formats.sse(
                     fmt.usage(formats.usage_of(item.prompt_tokens, item.completion_tokens))
                 )
             yield "data: [DONE]\n\n"
-        finally:
-            if not judged:  # the client went away mid-stream: the decision is still audited
-                gone = governed.Decided(
-                    "local",
-                    [*plan.reasons, *asked.reasons, "stream ended early"],
-                    plan.classification,
-                )
-                gov.record(inbound, gone)
 
     return StreamingResponse(
         live(), media_type="text/event-stream", headers={ROUTE_HEADER: "local"}
     )
 
 
-def _upstream_answer(
-    decided: governed.Decided,
-    worker: Any,
-    label: str,
-    fmt: formats.Format,
-    stream: bool,
-    include_usage: bool,
-) -> Any:
-    """The device's response when the upstream answered (text re-hydrated on the box)."""
-    answer = decided.upstream_answer
-    assert answer is not None
-    envelope = decided.envelope(worker, label)
-    usage = formats.usage_of(answer.prompt_tokens, answer.completion_tokens)
-    finish = formats.finish_of(answer.finish_reason)
-    return _finished(
-        fmt, decided, envelope, decided.text, None, finish, usage, stream, include_usage
-    )
-
-
 def _finished(
     fmt: formats.Format,
-    decided: governed.Decided,
+    outcome: Outcome,
     envelope: dict[str, Any],
-    text: str,
-    events: list[TokenEvent] | None,
-    finish: str,
-    usage: dict[str, int],
     stream: bool,
     include_usage: bool,
 ) -> Any:
-    """A complete answer as one document, or replayed as a stream (`events` None: one piece)."""
+    """A complete answer as one document, or replayed as a stream (an upstream's answer, with
+    no token events, in one piece)."""
+    usage = formats.usage_of(outcome.prompt_tokens, outcome.completion_tokens)
+    finish = formats.finish_of(outcome.finish_reason)
+    events = outcome.events
     if not stream:
-        document = {**fmt.document(text, finish, usage, events), "appliance": envelope}
-        return JSONResponse(document, headers=decided.headers())
+        document = {**fmt.document(outcome.text, finish, usage, events), "appliance": envelope}
+        return JSONResponse(document, headers=outcome.headers())
 
     async def chunks() -> AsyncIterator[str]:
         for chunk in fmt.opening():
             yield formats.sse(chunk)
         pieces = (
-            [fmt.piece(text, None)] if events is None else [fmt.piece(e.text, e) for e in events]
+            [fmt.piece(outcome.text, None)]
+            if events is None
+            else [fmt.piece(e.text, e) for e in events]
         )
         for piece in pieces:
             if piece is not None:
@@ -226,7 +209,7 @@ def _finished(
             yield formats.sse(fmt.usage(usage))
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(chunks(), media_type="text/event-stream", headers=decided.headers())
+    return StreamingResponse(chunks(), media_type="text/event-stream", headers=outcome.headers())
 
 
 def _device(request: Request) -> str | None:
@@ -237,53 +220,46 @@ def _device(request: Request) -> str | None:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     worker = await _generative_worker(request, body.model)
     wants_logprobs = body.logprobs or bool(body.top_logprobs)
-    generation = GenerationRequest(
-        prompt="",
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    query = Query(
+        endpoint="chat",
+        model=body.model,
+        roles=tuple(m["role"] for m in messages),
+        texts=tuple(m["content"] for m in messages),
+        stops=tuple(body.stops),
         max_tokens=_max_tokens(body.max_completion_tokens or body.max_tokens, request),
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
-        stop=body.stops,
         logprobs=wants_logprobs,
         top_logprobs=body.top_logprobs or 0,
-    )
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    inbound = governed.Inbound(
-        endpoint="chat",
-        model=body.model,
-        texts=[m["content"] for m in messages],
-        roles=[m["role"] for m in messages],
-        source=inference.PromptSource(messages=messages),
-        generation=generation,
+        stream=body.stream,
         escalate=body.appliance.escalate,
         device=_device(request),
     )
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     fmt = formats.ChatFormat(base, wants_logprobs)
-    return await _respond(request, worker, inbound, fmt, body.stream, include_usage)
+    source = inference.PromptSource(messages=messages)
+    return await _respond(request, worker, query, source, fmt, include_usage)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Any:
     worker = await _generative_worker(request, body.model)
-    generation = GenerationRequest(
-        prompt="",
+    query = Query(
+        endpoint="completion",
+        model=body.model,
+        roles=("user",),
+        texts=(body.prompt_text,),
+        stops=tuple(body.stops),
         max_tokens=_max_tokens(body.max_tokens, request),
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
-        stop=body.stops,
         logprobs=body.logprobs is not None,
         top_logprobs=body.logprobs or 0,
-    )
-    inbound = governed.Inbound(
-        endpoint="completion",
-        model=body.model,
-        texts=[body.prompt_text],
-        roles=["user"],
-        source=inference.PromptSource(text=body.prompt_text),
-        generation=generation,
+        stream=body.stream,
         escalate=body.appliance.escalate,
         device=_device(request),
     )
@@ -296,7 +272,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     prefix = body.prompt_text if body.echo else ""
     fmt = formats.CompletionFormat(base, body.logprobs is not None, prefix)
-    return await _respond(request, worker, inbound, fmt, body.stream, include_usage)
+    source = inference.PromptSource(text=body.prompt_text)
+    return await _respond(request, worker, query, source, fmt, include_usage)
 
 
 @router.post("/v1/embeddings")
