@@ -25,7 +25,8 @@ import sqlite_utils
 from appliance import __version__
 from appliance.bundles import archive, records, trust
 from appliance.bundles.keys import PublicKey
-from appliance.bundles.manifest import POLICY_FILE, digest, parse_manifest, parse_timestamp
+from appliance.bundles.kinds import ACTIVATABLE_KINDS
+from appliance.bundles.manifest import digest, parse_manifest, parse_timestamp
 from appliance.bundles.outcome import Outcome
 from appliance.bundles.payload import Progress
 from appliance.bundles.reader import BundleReader
@@ -42,10 +43,9 @@ from appliance.errors import (
 )
 from appliance.fsutil import fsync_dir, make_read_only, remove_tree
 from appliance.home import Home
+from appliance.policy_source import POLICY_FILE
 from appliance.settings import Settings, load_settings
 from appliance.state import open_state, write_transaction
-
-ACTIVATABLE_KINDS = ("model", "policy", "adapter")
 
 
 class BundleManager:

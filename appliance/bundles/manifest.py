@@ -15,11 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from appliance.bundles.kinds import KINDS, Kind
 from appliance.errors import ManifestError
-from appliance.policy_source import POLICY_FILE  # the payload file of a policy bundle
 
 SCHEMA_VERSION = 1
-KINDS = ("model", "policy", "adapter", "keyring", "revocation")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$"
@@ -123,7 +122,7 @@ class Manifest(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     version: str = Field(pattern=VERSION_PATTERN)
     sequence: int = Field(ge=1, le=MAX_SEQUENCE)
-    kind: Literal["model", "policy", "adapter", "keyring", "revocation"]
+    kind: Kind
     created: str = Field(pattern=TIMESTAMP_PATTERN)
     expires: str | None = Field(default=None, pattern=TIMESTAMP_PATTERN)
     requires: str = ""
@@ -174,17 +173,15 @@ class Manifest(_Strict):
                 prefix = "/".join(parts[:depth])
                 if prefix in folded:
                     raise ValueError(f"path '{path}' lies inside the listed file '{prefix}'")
+        rules = KINDS[self.kind]
         sections = {"model": self.model, "keyring": self.keyring, "revocation": self.revocation}
-        required = {"model": "model", "keyring": "keyring", "revocation": "revocation"}
         for section, value in sections.items():
-            needed = required.get(self.kind) == section
-            allowed = needed or (self.kind == "adapter" and section == "model")
-            if needed and value is None:
+            if rules.required_section == section and value is None:
                 raise ValueError(f"a {self.kind} bundle needs a '{section}' section")
-            if value is not None and not allowed:
+            if value is not None and section not in rules.allowed_sections:
                 raise ValueError(f"a {self.kind} bundle must not have a '{section}' section")
-        if self.kind == "policy" and POLICY_FILE not in paths:
-            raise ValueError(f"a policy bundle carries its policy as '{POLICY_FILE}'")
+        if rules.required_file is not None and rules.required_file not in paths:
+            raise ValueError(f"a {self.kind} bundle carries its policy as '{rules.required_file}'")
         if self.model is not None and self.model.file not in paths:
             raise ValueError(f"model.file '{self.model.file}' is not one of the listed files")
         if self.expires is not None and self.expires <= self.created:

@@ -21,6 +21,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from appliance.bundles.keys import PublicKey
+from appliance.bundles.kinds import KINDS
 from appliance.bundles.manifest import (
     Manifest,
     digest,
@@ -157,7 +158,7 @@ def verify_metadata(
     signatures = [(s.keyid, bytes.fromhex(s.sig)) for s in parsed.signatures]
 
     signers = check_threshold(manifest_raw, signatures, trust, "the trust store")
-    if manifest.kind == "keyring":
+    if KINDS[manifest.kind].own_threshold:  # a keyring: its own new keys sign it too
         check_threshold(
             manifest_raw, signatures, _keyring_trust(manifest, trust), "its own new keyring"
         )

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from appliance.bundles.archive import MANIFEST, SIGNATURES
+from appliance.bundles.kinds import RUNTIME_KINDS
 from appliance.bundles.manifest import digest, parse_timestamp
 from appliance.bundles.records import InstalledBundle
 from appliance.doctor.check import Check, Context, summarize
@@ -50,7 +51,7 @@ def _repair(bundle: InstalledBundle) -> str:
     # digest and answers "already installed" without touching the files.
     why = "its files no longer match what was verified at install: find out who changed them"
     if bundle.active:
-        if bundle.kind in ("model", "adapter"):
+        if bundle.kind in RUNTIME_KINDS:
             # the daemon checks every file it loads against the manifest (runtime.signed_files)
             why += (
                 f"; the daemon refuses to load {bundle.name} {bundle.version} again (at its next "
