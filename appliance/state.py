@@ -11,10 +11,10 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 
 import sqlite_utils
 
+from appliance.clock import utc_now as utc_now  # re-exported: callers import it here
 from appliance.errors import StateError
 from appliance.fsutil import make_private
 from appliance.home import Home
@@ -68,10 +68,6 @@ CREATE TABLE IF NOT EXISTS bundle_events (
     reason TEXT
 );
 """
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def open_state(home: Home) -> sqlite_utils.Database:

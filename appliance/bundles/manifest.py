@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.bundles.kinds import KINDS, Kind
+from appliance.clock import format_timestamp as format_timestamp  # re-exported
 from appliance.errors import ManifestError
 
 SCHEMA_VERSION = 1
@@ -54,8 +55,6 @@ def parse_timestamp(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
-def format_timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Strict(BaseModel):

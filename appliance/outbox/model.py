@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from appliance.clock import format_precise
 from appliance.outbox.errors import OutboxError
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -24,17 +25,11 @@ LIVE_STATES: tuple[str, ...] = ("queued", "sending")  # those that count against
 FINISHED_STATES: tuple[str, ...] = ("done", "failed", "expired")
 
 
-def utc_now_dt() -> datetime:
-    """Now, aware, in UTC: the outbox's default clock (tests inject their own)."""
-    return datetime.now(UTC)
-
-
 def fmt_time(moment: datetime) -> str:
     """`moment` as stored text; a naive datetime is refused (no guessing the zone)."""
     if moment.tzinfo is None:
         raise OutboxError(f"naive datetime {moment.isoformat()} given to the outbox; use UTC")
-    # isoformat() is several times faster than strftime() and gives the same text here.
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return format_precise(moment)
 
 
 def parse_time(text: str) -> datetime:

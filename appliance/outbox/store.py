@@ -37,6 +37,7 @@ from typing import Any
 
 import sqlite_utils
 
+from appliance.clock import utc_now_dt
 from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.home import Home
 from appliance.outbox import capacity, leases, rows, schema
@@ -49,7 +50,6 @@ from appliance.outbox.model import (
     OutboxResult,
     fmt_time,
     parse_time,
-    utc_now_dt,
 )
 from appliance.settings import OutboxSettings
 from appliance.state import ThreadConnections, write_transaction

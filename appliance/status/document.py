@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance import __version__
+from appliance.clock import format_timestamp, utc_now_dt
 from appliance.forward import uplinks
 from appliance.home import Home
 from appliance.policy_source import PolicySummary
@@ -48,8 +49,7 @@ class Live:
 
 
 def now_text(moment: datetime | None = None) -> str:
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return format_timestamp(moment or utc_now_dt())
 
 
 def _parse(text: str | None) -> datetime | None:
