@@ -22,7 +22,7 @@ from appliance.home import Home
 POLICY_FILE = "policy.toml"  # the payload file of a policy bundle (bundles.manifest agrees)
 SHIPPED_PACKAGE = "appliance.policies"  # the repository's policies/ folder, once installed
 DEFAULT_POLICY_FILE = "default.toml"
-MAX_POLICY_BYTES = 1024 * 1024
+MAX_POLICY_BYTES = 1024 * 1024  # bytes: a policy is a page of settings, not a data set
 
 ACTIVE_POLICY_BUNDLE = (
     "SELECT b.name, b.version FROM bundles b JOIN active_bundles a "

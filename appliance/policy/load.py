@@ -24,9 +24,7 @@ from pydantic_core import ErrorDetails
 from appliance.errors import PolicyError
 from appliance.policy.locate import KeyLines
 from appliance.policy.schema import Policy
-from appliance.policy_source import DEFAULT_POLICY_FILE, shipped_file
-
-MAX_POLICY_BYTES = 1024 * 1024  # bytes: a policy is a page of settings, not a data set
+from appliance.policy_source import DEFAULT_POLICY_FILE, MAX_POLICY_BYTES, shipped_file
 
 _TOML_POSITION = re.compile(r"\(at line (\d+), column \d+\)|\(at end of document\)")
 _MESSAGES = {
