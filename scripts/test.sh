@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set up .venv with the project and its test dependencies, lint, and run the test suite.
 # The first run compiles llama-cpp-python from source (about 7 minutes on 2 cores); pip caches
-# the wheel, so later runs take seconds. Extra arguments go to pytest.
+# the wheel, so later runs take seconds. The [train] extra (torch CPU build, transformers,
+# peft) is installed too: the distillation tests train a small adapter. Extra arguments go to
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-. scripts/_venv.sh test
+. scripts/_venv.sh test,train
 
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"
