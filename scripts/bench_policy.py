@@ -156,6 +156,7 @@ def main() -> int:
         "Presidio: its published guideline of about 100 ms per 100 tokens (tokens here = "
         "characters / 4); not run here (it needs spaCy models this air-gapped box does not have)"
     )
+    adversarial(analyzer_runs=max(3, args.runs // 100))
     try:
         from appliance.pii.evaluate import corpus_report
     except ImportError:
@@ -164,6 +165,48 @@ def main() -> int:
     for row in corpus_report():
         print("  " + "  ".join(str(x) for x in row))
     return 0
+
+
+# ~32 KB inputs shaped to make a recognizer's regex backtrack (what tests/test_pii_recognizers
+# feeds for correctness): each should take about as long as 32 KB of prose, not seconds.
+ADVERSARIAL = {
+    "spaced digits": ("1 ", 16384),
+    "dashed digits": ("12-", 10922),
+    "dots and digits": ("1.", 16384),
+    "colons": ("a:", 16384),
+    "hex colons": ("ab:", 10922),
+    "upper case": ("DE89", 8192),
+    "numbered words": ("12 Main ", 4096),
+    "keywords": ("password: token= ", 1927),
+    "pem": ("-----BEGIN PRIVATE KEY-----", 1213),
+    "zero-width digits": ("1\u200b", 16384),
+    "fullwidth digits": ("\uff11 ", 16384),
+}
+
+
+def adversarial(analyzer_runs: int) -> None:
+    """The analyzer's worst case: each adversarial input against 32 KB of plain prose."""
+    from appliance.pii.analyzer import default_analyzer
+
+    analyzer = default_analyzer()
+
+    def best_ms(text: str) -> float:
+        times = []
+        for _ in range(analyzer_runs):
+            started = time.perf_counter()
+            analyzer.analyze(text)
+            times.append(time.perf_counter() - started)
+        return min(times) * 1000
+
+    baseline = best_ms(prompt(32 * 1024, False, random.Random(7)))
+    print(
+        f"\nadversarial 32 KB inputs (best of {analyzer_runs}); baseline: 32 KB prose "
+        f"{baseline:.1f} ms"
+    )
+    print(f"  {'input':<20} {'ms':>8} {'x prose':>8}")
+    for name, (unit, count) in ADVERSARIAL.items():
+        took = best_ms(unit * count)
+        print(f"  {name:<20} {took:>8.1f} {took / baseline:>8.1f}")
 
 
 if __name__ == "__main__":

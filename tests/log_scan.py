@@ -42,7 +42,12 @@ def pii_values() -> set[str]:
                 and isinstance(node.value.value, str)
             ):
                 values.add(node.value.value)
-    return {v for v in values if len(v) >= MIN_LENGTH}
+    spelled: set[str] = set()
+    for value in values:
+        # A value over several lines (a card split across messages) is found as the JSON
+        # log line writes it (newlines escaped) and line by line.
+        spelled |= {value, json.dumps(value, ensure_ascii=False)[1:-1], *value.splitlines()}
+    return {v for v in spelled if len(v) >= MIN_LENGTH}
 
 
 class _Plugin:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import phonenumbers
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -110,21 +107,27 @@ def test_nothing_found_changes_nothing() -> None:
     assert result.mapping == {}
 
 
-def test_analyze_and_pseudonymize_a_2kb_prompt_quickly() -> None:
-    """A regression guard only (the box is shared); the real p50/p99 are measured separately."""
+def test_a_2kb_ticket_is_redacted_whole() -> None:
+    """Every value of a 2 KB support ticket is replaced and comes back; the time this takes
+    is measured by scripts/bench_policy.py (p50/p99), not asserted here."""
+    values = [
+        "ops.lead@example.com",
+        "10.20.30.40",
+        "3c:22:fb:9a:10:07",
+        "+1 415 555 2671",
+        "4111 1111 1111 1111",
+        "DE89 3704 0044 0532 0130 00",
+    ]
     prompt = (
-        "Ticket 4471 from ops.lead@example.com: the edge box at 10.20.30.40 (MAC "
-        "3c:22:fb:9a:10:07) rebooted after firmware 2.14.3. Call +1 415 555 2671 or "
-        "0171 2345678. Refund card 4111 1111 1111 1111 to IBAN DE89 3704 0044 0532 0130 00. "
+        f"Ticket 4471 from {values[0]}: the edge box at {values[1]} (MAC {values[2]}) rebooted "
+        f"after firmware 2.14.3. Call {values[3]}. Refund card {values[4]} to IBAN {values[5]}. "
     )
     prompt = (prompt + "Logs attached, nothing else to add. " * 40)[:2048]
-    analyzer = default_analyzer()
-    durations = []
-    for _ in range(30):
-        started = time.perf_counter()
-        pseudonymize([prompt], [analyzer.analyze(prompt)])
-        durations.append(time.perf_counter() - started)
-    assert statistics.median(durations) < 0.010
+    redaction = pseudonymize([prompt], [default_analyzer().analyze(prompt)])
+    [redacted] = redaction.texts
+    assert [v for v in values if v in redacted] == []
+    assert sorted(redaction.mapping.values()) == sorted(values)
+    assert rehydrate(redacted, redaction.mapping) == prompt
 
 
 # ---------------------------------------------------------------------------- properties
