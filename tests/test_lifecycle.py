@@ -222,5 +222,5 @@ def test_verify_hashes_a_copy_of_an_installed_bundle_every_time(
     ]
     assert tampered != members
     copy = write_raw_bundle(workdir / "tampered.bundle", tampered)
-    with pytest.raises(BundleError, match="sha256|SHA-256|hash"):
+    with pytest.raises(BundleError, match=r"sha256|SHA-256|hash"):
         manager.verify_file(copy)
