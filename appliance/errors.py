@@ -13,6 +13,7 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
     ├── KeyFileError                    a key file is missing, unreadable or malformed
     ├── TrustError                      the trust store refuses an operation
     ├── TokenError                      a device token operation is refused
+    ├── DistillError                    a distillation step (train, eval, pack) is refused
     ├── ModelError                      a model cannot be loaded or used
     │   ├── ModelLoadError              weights unreadable, or not enough memory
     │   └── ModelNotFoundError          no active model of that name
@@ -83,6 +84,10 @@ class TrustError(ApplianceError):
 
 class TokenError(ApplianceError):
     """A device token operation is refused (bad name, duplicate, unknown device)."""
+
+
+class DistillError(ApplianceError):
+    """A distillation step is refused: bad golden data, a base it cannot use, a worse adapter."""
 
 
 class ModelError(ApplianceError):

@@ -8,6 +8,7 @@ import traceback
 from appliance.cli import (
     bundle,
     daemon,
+    distill,
     doctor,
     forward,
     keys,
@@ -29,6 +30,9 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(policy.app, name="policy")
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(forward.distill_app, name="distill")
+forward.distill_app.command("train")(distill.train)
+forward.distill_app.command("eval")(distill.eval_)
+forward.distill_app.command("pack")(distill.pack)
 app.add_typer(offline.relay_app, name="relay")
 app.add_typer(report.app, name="report")
 outbox.app.command("export")(offline.export)
