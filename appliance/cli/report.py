@@ -12,6 +12,7 @@ from appliance.cli.common import JSON_OPTION, console, home, print_json
 from appliance.errors import ConfigError
 from appliance.home import Home
 from appliance.settings import load_settings
+from appliance.tco import by_adapter
 from appliance.tco import report as tco_report
 
 app = typer.Typer(help="Reports from the box's ledgers.", no_args_is_help=True)
@@ -99,6 +100,43 @@ def _table(d: dict[str, Any]) -> Table:
     table.add_row("escalation rate", _share(d["escalation_rate"]))
     if d["priced_against"]:
         table.add_row("priced against", ", ".join(d["priced_against"]))
+    return table
+
+
+@app.command("adapters")
+def adapters(
+    as_json: bool = JSON_OPTION,
+    since: str | None = typer.Option(
+        None, "--since", help="Only from this UTC date (YYYY-MM-DD) or ISO time on."
+    ),
+) -> None:
+    """Escalation rate and cost before and after each adapter version of each model."""
+    floor = tco_report.parse_since(since) if since is not None else None
+    document = by_adapter.build(home(), floor)
+    if as_json:
+        print_json(document)
+        return
+    for model in document["models"]:
+        console.print(_adapter_table(model))
+    if not document["models"]:
+        console.print("no adapter bundle has been installed on this box", markup=False)
+
+
+def _adapter_table(model: dict[str, Any]) -> Table:
+    """Before and after each adapter version of one model: did distillation pay?"""
+    table = Table(title=f"{model['model']} by adapter version", title_justify="left")
+    for column in ("adapter", "from", "requests", "escalation rate", "upstream cost", "per 1000"):
+        table.add_column(column, justify="left" if column in ("adapter", "from") else "right")
+    for p in model["periods"]:
+        per_1000 = p["cost_per_1000_usd"]
+        table.add_row(
+            p["adapter"] or "(base alone)",
+            p["from"] or "-",
+            f"{p['requests']:,}",
+            _share(p["escalation_rate"]),
+            _usd(p["upstream_cost_usd"]),
+            "-" if per_1000 is None else _usd(per_1000),
+        )
     return table
 
 
