@@ -1,8 +1,9 @@
 """Every error the appliance raises on purpose, in one place.
 
-Each error carries a message meant for an operator (one line, naming the cause) and the
-exit code the CLI returns for it. Foreign errors are wrapped at the boundary with
-``raise XError(...) from e`` so a user never sees a raw traceback.
+Each error carries a message meant for an operator (one line, naming the cause). How it
+shows, the HTTP status (with the JSON error's type and code) and the CLI's exit code, is in
+one table at the end, ``SURFACES``: the most specific class listed wins. Foreign errors are
+wrapped at the boundary with ``raise XError(...) from e`` so a user never sees a raw traceback.
 
     ApplianceError                      exit 1 unless noted
     ├── UsageError                      exit 2: the command line itself is wrong
@@ -13,6 +14,13 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
     ├── KeyFileError                    a key file is missing, unreadable or malformed
     ├── TrustError                      the trust store refuses an operation
     ├── TokenError                      a device token operation is refused
+    ├── QueueFullError                  a model's queue is full (HTTP 503, Retry-After)
+    ├── UplinkError                     an upstream cannot answer now; the item may wait
+    │   └── UpstreamError               an upstream call failed (retryable? billed?)
+    ├── EscalationUnavailable           nothing can keep an escalation now
+    ├── OutboxError                     an outbox operation is refused
+    │   └── OutboxFullError             the outbox is at its cap (HTTP 503, Retry-After)
+    ├── OfflineError                    a sealed batch, identity or card is refused
     ├── DistillError                    a distillation step (train, eval, pack) is refused
     ├── ModelError                      a model cannot be loaded or used
     │   ├── ModelLoadError              weights unreadable, or not enough memory
@@ -38,11 +46,11 @@ exit code the CLI returns for it. Foreign errors are wrapped at the boundary wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class ApplianceError(Exception):
     """Base of every deliberate appliance error."""
-
-    exit_code: int = 1
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,11 +59,14 @@ class ApplianceError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    @property
+    def exit_code(self) -> int:
+        """What the CLI exits with for this error (see ``SURFACES``)."""
+        return surface(self).exit_code
+
 
 class UsageError(ApplianceError):
     """The command line is wrong."""
-
-    exit_code = 2
 
 
 class ConfigError(ApplianceError):
@@ -88,6 +99,63 @@ class TokenError(ApplianceError):
 
 class DistillError(ApplianceError):
     """A distillation step is refused: bad golden data, a base it cannot use, a worse adapter."""
+
+
+class QueueFullError(ApplianceError):
+    """The model's queue is full; the caller should retry later (HTTP 503)."""
+
+
+class UplinkError(ApplianceError):
+    """The upstream could not answer now (down, timed out, refused); the item may wait."""
+
+
+class UpstreamError(UplinkError):
+    """An upstream call failed; ``retryable`` says whether the same request may succeed later.
+
+    The message is one line for an operator. It never carries the API key or the request
+    body (which holds the egress text), only the upstream's name, what failed and, for an
+    HTTP error, the status.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        reached: bool = False,
+    ) -> None:
+        super().__init__(" ".join(message.split()))  # one line, whatever the cause said
+        self.retryable = retryable
+        self.status = status
+        self.retry_after_s = retry_after_s
+        # The request may have reached the upstream and be billed although no usable answer
+        # came back (a read timeout, a connection cut after the request was written, a 2xx
+        # answer that was garbage): the ledger counts an estimate for it.
+        self.reached = reached
+
+    def __repr__(self) -> str:
+        return (
+            f"UpstreamError({self.message!r}, retryable={self.retryable}, "
+            f"status={self.status}, retry_after_s={self.retry_after_s}, reached={self.reached})"
+        )
+
+
+class EscalationUnavailable(ApplianceError):
+    """Nothing can take escalations on this box now (none configured, or the outbox is full)."""
+
+
+class OutboxError(ApplianceError):
+    """An outbox operation is refused (unknown item, wrong state, unreadable sealed map)."""
+
+
+class OutboxFullError(OutboxError):
+    """The outbox is at its item or byte cap and nothing may be dropped to make room."""
+
+
+class OfflineError(ApplianceError):
+    """A sealed batch, an identity or a card is refused; nothing was changed."""
 
 
 class ModelError(ApplianceError):
@@ -168,3 +236,44 @@ class FileTooLargeError(PayloadError):
 
 class BundleNotFoundError(BundleError):
     """No such installed bundle or version."""
+
+
+# -- how each error shows -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Surface:
+    """How an error reaches a person or a device."""
+
+    http_status: int
+    type: str  # the JSON error's `type` (OpenAI's vocabulary)
+    code: str  # the JSON error's `code`
+    exit_code: int = 1
+    retry_after: bool = False  # the HTTP answer says when to try again
+    param: str | None = None  # the request field the error is about
+
+
+SURFACES: dict[type[ApplianceError], Surface] = {
+    ApplianceError: Surface(500, "server_error", "internal_error"),
+    UsageError: Surface(400, "invalid_request_error", "invalid_request", exit_code=2),
+    ConfigError: Surface(500, "server_error", "config_error"),
+    TokenError: Surface(400, "invalid_request_error", "token_refused"),
+    DistillError: Surface(400, "invalid_request_error", "distill_refused"),
+    QueueFullError: Surface(503, "overloaded_error", "queue_full", retry_after=True),
+    OutboxFullError: Surface(503, "overloaded_error", "outbox_full", retry_after=True),
+    UplinkError: Surface(502, "upstream_error", "upstream_unavailable"),
+    EscalationUnavailable: Surface(503, "overloaded_error", "escalation_unavailable"),
+    ModelError: Surface(400, "invalid_request_error", "model_error"),
+    ModelLoadError: Surface(503, "server_error", "model_unavailable"),
+    ModelNotFoundError: Surface(404, "not_found_error", "model_not_found", param="model"),
+    BundleError: Surface(400, "invalid_request_error", "bundle_refused"),
+    BundleNotFoundError: Surface(404, "not_found_error", "bundle_not_found"),
+}
+
+
+def surface(error: ApplianceError) -> Surface:
+    """The row of ``SURFACES`` for `error`: its own class's, else its nearest base's."""
+    for cls in type(error).__mro__:
+        if issubclass(cls, ApplianceError) and cls in SURFACES:
+            return SURFACES[cls]
+    return SURFACES[ApplianceError]

@@ -15,15 +15,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from appliance.api.paths import hide_paths
-from appliance.errors import ModelError, ModelLoadError, ModelNotFoundError
-from appliance.runtime.manager import QueueFullError
+from appliance.errors import ApplianceError, surface
 
 RETRY_AFTER_S = 2  # seconds a client is told to wait when a queue is full
 # the governed routes, by path: a body refused there is a refused request, and is audited
 INFERENCE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 
 
-class APIError(Exception):
+class APIError(ApplianceError):
+    """An error already in HTTP terms (status, type, code), raised by the routes."""
+
     def __init__(
         self,
         status: int,
@@ -87,30 +88,17 @@ def install_handlers(app: FastAPI) -> None:
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         return error_response(APIError(error.status_code, str(error.detail), type=kind))
 
-    @app.exception_handler(QueueFullError)
-    async def _full(_: Request, error: QueueFullError) -> JSONResponse:
+    @app.exception_handler(ApplianceError)
+    async def _appliance(_: Request, error: ApplianceError) -> JSONResponse:
+        shown = surface(error)  # the one table of statuses (appliance.errors.SURFACES)
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if shown.retry_after else None
         return error_response(
             APIError(
-                503,
+                shown.http_status,
                 str(error),
-                type="overloaded_error",
-                code="queue_full",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
+                type=shown.type,
+                code=shown.code,
+                param=shown.param,
+                headers=headers,
             )
         )
-
-    @app.exception_handler(ModelNotFoundError)
-    async def _no_model(_: Request, error: ModelNotFoundError) -> JSONResponse:
-        return error_response(
-            APIError(404, str(error), type="not_found_error", code="model_not_found", param="model")
-        )
-
-    @app.exception_handler(ModelLoadError)
-    async def _unloadable(_: Request, error: ModelLoadError) -> JSONResponse:
-        return error_response(
-            APIError(503, str(error), type="server_error", code="model_unavailable")
-        )
-
-    @app.exception_handler(ModelError)
-    async def _model(_: Request, error: ModelError) -> JSONResponse:
-        return error_response(APIError(400, str(error), code="model_error"))

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from appliance.errors import ApplianceError
+from appliance.errors import EscalationUnavailable as EscalationUnavailable
+from appliance.errors import UplinkError as UplinkError
 
 # What of a device's request may reach an upstream or a file off the box (a USB batch), and
 # nothing else: the messages' roles and contents, the stop strings, and three numbers. The
@@ -40,14 +41,6 @@ MAX_MESSAGES = 1024  # messages in one request
 MAX_TEXT_CHARS = 4 * 1024 * 1024  # characters in one message's content
 MAX_STOPS = 4  # stop strings in one request (OpenAI's own limit)
 MAX_STOP_CHARS = 256  # characters in one stop string
-
-
-class UplinkError(ApplianceError):
-    """The upstream could not answer now (down, timed out, refused); the item may wait."""
-
-
-class EscalationUnavailable(ApplianceError):
-    """Nothing can take escalations on this box (no store-and-forward configured)."""
 
 
 @dataclass(frozen=True)

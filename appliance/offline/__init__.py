@@ -5,7 +5,7 @@ uplink, elsewhere); the relay sends them upstream and writes signed result batch
 box imports. See ``envelope`` for the file format and ``README.md`` for the workflow.
 """
 
-from appliance.offline.errors import OfflineError
+from appliance.errors import OfflineError
 from appliance.offline.identity import Card, Identity
 
 __all__ = ["Card", "Identity", "OfflineError"]

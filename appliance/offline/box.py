@@ -15,10 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from appliance.errors import OfflineError
 from appliance.forward.engine import cost_usd
 from appliance.home import Home
 from appliance.offline import envelope, files, payload
-from appliance.offline.errors import OfflineError
 from appliance.offline.identity import Card, Identity
 from appliance.offline.ledger import Batch, Ledger
 from appliance.outbox import Outbox, OutboxItem

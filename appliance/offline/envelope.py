@@ -38,7 +38,7 @@ from typing import Any, Literal
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hpke
 
-from appliance.offline.errors import OfflineError
+from appliance.errors import OfflineError
 from appliance.offline.identity import Card, Identity
 
 FORMAT = "appliance-sealed-batch/1"

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
+from appliance.errors import OfflineError
 from appliance.fsutil import fsync_dir, replacing
 from appliance.offline.envelope import SUFFIX, Header
-from appliance.offline.errors import OfflineError
 
 
 def batch_name(header: Header) -> str:

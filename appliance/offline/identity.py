@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from appliance.errors import OfflineError
 from appliance.home import Home
 from appliance.keyfile import load_or_create
-from appliance.offline.errors import OfflineError
 
 CARD_FORMAT = "appliance-card/1"
 CARD_MAX_BYTES = 16 * 1024

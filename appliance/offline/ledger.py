@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.errors import OfflineError
 from appliance.home import Home
 from appliance.offline import envelope, files
-from appliance.offline.errors import OfflineError
 from appliance.offline.identity import Card, Identity
 from appliance.outbox import OutboxItem
 from appliance.outbox import rows as outbox_rows

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from appliance.errors import OfflineError
 from appliance.governance.escalation import (
     MAX_MESSAGES,
     MAX_STOP_CHARS,
@@ -21,7 +22,6 @@ from appliance.governance.escalation import (
     Escalation,
     UpstreamAnswer,
 )
-from appliance.offline.errors import OfflineError
 from appliance.outbox.model import OutboxItem, OutboxResult
 
 # The API checks the same limits at the door (see escalation.py), so an item it accepted

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from appliance.errors import OfflineError
 from appliance.forward.wiring import build
 from appliance.home import Home
 from appliance.offline import envelope, files, payload
-from appliance.offline.errors import OfflineError
 from appliance.offline.identity import Card, Identity
 from appliance.offline.ledger import Batch, Ledger
 from appliance.outbox import Outbox, OutboxError

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from appliance.outbox.errors import OutboxFullError
+from appliance.errors import OutboxFullError
 from appliance.settings import OutboxSettings
 
 DROPPED = "dropped: outbox full"

@@ -23,9 +23,9 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from appliance.errors import OutboxError
 from appliance.home import Home
 from appliance.keyfile import load_or_create
-from appliance.outbox.errors import OutboxError
 
 KEY_FILE = "outbox.key"
 KEY_BYTES = 32  # AES-256

@@ -19,9 +19,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from appliance.errors import OutboxError
 from appliance.governance.escalation import UpstreamAnswer
 from appliance.outbox import rows
-from appliance.outbox.errors import OutboxError
 from appliance.outbox.model import OutboxItem, fmt_time
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance.clock import format_precise
-from appliance.outbox.errors import OutboxError
+from appliance.errors import OutboxError
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 

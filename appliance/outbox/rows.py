@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from appliance.errors import OutboxError
 from appliance.governance.escalation import Escalation
-from appliance.outbox.errors import OutboxError
 from appliance.outbox.model import OutboxItem, OutboxResult, fmt_time
 
 ITEM_COLUMNS: tuple[str, ...] = (

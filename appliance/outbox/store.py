@@ -38,11 +38,11 @@ from typing import Any
 import sqlite_utils
 
 from appliance.clock import utc_now_dt
+from appliance.errors import OutboxError
 from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.home import Home
 from appliance.outbox import capacity, leases, rows, schema
 from appliance.outbox.crypto import MapCipher
-from appliance.outbox.errors import OutboxError
 from appliance.outbox.model import (
     FINISHED_STATES,
     STATES,

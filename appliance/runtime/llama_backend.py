@@ -247,7 +247,8 @@ def _start_from_empty_memory(llm: Any) -> None:
     memory holds makes a request evaluate only a tail of its prompt, split differently from a
     fresh evaluation: a partial prefix match moved a token's log-probability by up to 0.03
     (Gemma 3, measured), and llama-cpp-python's exact-repeat path, which replays the prompt's
-    last token alone, by up to 0.68 on one x86-64 CPU and 0.03 on another (8-token prompts).
+    last token alone, moved logits by up to 0.68 on one x86-64 CPU and a log-probability by
+    0.028 on the 2-core test box (an 8-token prompt: whether it moves depends on the length).
 
     So every request takes one path: the memory is emptied (``reset``: no position is kept,
     so ``generate`` removes every cell before it evaluates), the prompt goes in from position

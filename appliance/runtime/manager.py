@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from appliance.bundles import records
-from appliance.errors import ApplianceError, ModelLoadError, ModelNotFoundError
+from appliance.errors import ApplianceError, ModelLoadError, ModelNotFoundError, QueueFullError
 from appliance.home import Home
 from appliance.runtime.backend import Backend, ModelSpec
 from appliance.runtime.signed_files import ModelFileChangedError, signed_files
@@ -42,10 +42,6 @@ SERVED_ROLES = ("chat", "completion", "embedding", "classifier")
 TOKEN_CLASSIFICATION = "token-classification"
 MEMORY_OVERHEAD = 1.2  # the weights' size times this, plus the KV estimate, must fit
 KV_BYTES_PER_TOKEN = 64 * 1024  # bytes; a conservative KV-cache estimate for small models
-
-
-class QueueFullError(ApplianceError):
-    """The model's queue is full; the caller should retry later (HTTP 503)."""
 
 
 @dataclass

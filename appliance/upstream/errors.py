@@ -1,4 +1,4 @@
-"""The one error an upstream call raises, and the rules that say whether to retry it.
+"""The rules that say whether an upstream call's failure (``UpstreamError``) may pass later.
 
 The store-and-forward outbox acts on one bit: ``retryable``. A retryable failure (network,
 timeout, TLS, overload, a garbled answer) means "keep the item and try later"; a permanent
@@ -15,43 +15,10 @@ import email.utils
 import math
 import time
 
-from appliance.governance.escalation import UplinkError
+from appliance.errors import UpstreamError as UpstreamError  # the class lives with the others
 
 # HTTP statuses after which the same request may succeed later.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
-
-
-class UpstreamError(UplinkError):
-    """An upstream call failed; ``retryable`` says whether the same request may succeed later.
-
-    The message is one line for an operator. It never carries the API key or the request
-    body (which holds the egress text), only the upstream's name, what failed and, for an
-    HTTP error, the status.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        retry_after_s: float | None = None,
-        reached: bool = False,
-    ) -> None:
-        super().__init__(" ".join(message.split()))  # one line, whatever the cause said
-        self.retryable = retryable
-        self.status = status
-        self.retry_after_s = retry_after_s
-        # The request may have reached the upstream and be billed although no usable answer
-        # came back (a read timeout, a connection cut after the request was written, a 2xx
-        # answer that was garbage): the ledger counts an estimate for it.
-        self.reached = reached
-
-    def __repr__(self) -> str:
-        return (
-            f"UpstreamError({self.message!r}, retryable={self.retryable}, "
-            f"status={self.status}, retry_after_s={self.retry_after_s}, reached={self.reached})"
-        )
 
 
 def status_is_retryable(status: int) -> bool:
