@@ -242,6 +242,7 @@ def test_golden_answers_train_an_adapter_that_changes_the_box(
     assert INVENTED not in answer(daemon, invented_for)
 
     # 6. the report shows the escalation rate before and after the adapter
+    time.sleep(0.5)  # the ledger commits a row within 0.2 s (rowwriter.FLUSH_S)
     report = cli(daemon.home, capsys, "report", "adapters")
     periods = next(m for m in report["models"] if m["model"] == MODEL)["periods"]
     assert [p["adapter"] for p in periods] == [None, f"{packed['name']} {packed['version']}"]
