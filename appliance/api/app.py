@@ -173,7 +173,7 @@ def create_app(
             {"ready": ready, "models": models_state}, status_code=200 if ready else 503
         )
 
-    app.add_middleware(GuardMiddleware, server=settings.server)  # type: ignore[arg-type]
+    app.add_middleware(GuardMiddleware, server=settings.server)
     app.add_middleware(metrics_route.RequestMetrics)  # outside the guard: refusals count too
     app.add_middleware(RequestIdMiddleware)  # outermost: every line logged has the id
     return app

@@ -42,7 +42,9 @@ class APIError(ApplianceError):
         self.appliance = appliance  # the body's `appliance` object (a routing decision)
 
 
-def error_body(message: str, type: str, code: str | None, param: str | None = None) -> dict:
+def error_body(
+    message: str, type: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
     """The error document; a filesystem path in `message` is replaced (``paths.hide_paths``)."""
     return {"error": {"type": type, "message": hide_paths(message), "code": code, "param": param}}
 
@@ -76,7 +78,7 @@ def install_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
-        message = f"{where}: {first['msg']}" if where else first["msg"]
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
         endpoint = INFERENCE_PATHS.get(request.url.path)
         governor = getattr(request.app.state, "governor", None)
         if endpoint is not None and governor is not None:  # a refused inference: audited

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ class PromptSource:
 
     def render(self, backend: Backend) -> str:
         if self.messages is not None:
-            return backend.render_chat(self.messages)  # type: ignore[attr-defined]
+            return str(backend.render_chat(self.messages))  # type: ignore[attr-defined]
         return self.text or ""
 
 
@@ -45,8 +45,12 @@ class _Bridge:
 
     def put_all(self, items: list[Any]) -> None:
         """Hand over many items with one wake-up of the event loop."""
+        def put() -> None:
+            for item in items:
+                self.queue.put_nowait(item)
+
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(lambda: [self.queue.put_nowait(i) for i in items])
+            self.loop.call_soon_threadsafe(put)
 
     def put(self, item: Any) -> None:
         # RuntimeError: the loop is gone (shutdown); nobody is waiting for this item.
@@ -160,7 +164,7 @@ async def generate(
     request: GenerationRequest,
     limits: ServerSettings,
     stream: bool = True,
-) -> AsyncIterator[TokenEvent | GenerationResult]:
+) -> AsyncGenerator[TokenEvent | GenerationResult, None]:
     """Queue a generation on `worker`; yield its TokenEvents, then its GenerationResult.
 
     With `stream` False the events travel in one hand-over at the end: the event loop is
@@ -185,7 +189,10 @@ async def generate(
             clock.done(generation.result)
             bridge.put(generation.result)
         else:
-            events = [clock.tick() or event for event in generation]
+            events = []
+            for event in generation:
+                clock.tick()
+                events.append(event)
             clock.done(generation.result)
             bridge.put_all([*events, generation.result])
 
@@ -236,9 +243,9 @@ def hardness_check(
 
     async def check(policy: Policy, text: str) -> str | None:
         precheck = policy.precheck
-        worker = models.loaded_worker(precheck.classifier) or await asyncio.to_thread(
-            models.worker, precheck.classifier
-        )
+        worker = models.loaded_worker(precheck.classifier)
+        if worker is None:  # not loaded yet: load it off the event loop
+            worker = await asyncio.to_thread(models.worker, precheck.classifier)
         labels = await classify(worker, [text], limits)
         score = labels[0].get(precheck.classifier_label, 0.0)
         if score >= precheck.classifier_threshold:

@@ -118,7 +118,7 @@ class BundleReader:
                         self.file,
                         member,
                         entry,
-                        dest=dest,  # type: ignore[arg-type]
+                        dest=dest,
                         pool=pool,
                         chunk_bytes=self.limits.copy_chunk_bytes,
                         progress=advance,

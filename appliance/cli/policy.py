@@ -10,9 +10,10 @@ import typer
 
 from appliance.cli.common import JSON_OPTION, console, home, print_json
 from appliance.governance import router
-from appliance.governance.active import LoadedPolicy, PolicySource, find_source, load
+from appliance.governance.active import LoadedPolicy, find_source, load
 from appliance.governance.classify import classify
 from appliance.pii.analyzer import default_analyzer
+from appliance.policy_source import PolicySource
 from appliance.settings import load_settings
 
 app = typer.Typer(help="Try the routing policy.", no_args_is_help=True)
@@ -75,7 +76,7 @@ def check(
     plan = router.plan(loaded.policy, classification, [text], settings.upstreams)
     egress = router.egress_text(classification, [text])
     findings = classification.findings[0]
-    document = {
+    document: dict[str, Any] = {
         "policy": loaded.label,
         "source": f"{source.origin}: {source.path}",
         "sensitivity": classification.sensitivity,

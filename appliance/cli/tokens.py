@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import cast
 
 import typer
 from rich.table import Table
 
 from appliance.cli.common import JSON_OPTION, console, home, print_json
-from appliance.tokens import Scope, TokenStore
+from appliance.tokens import TokenStore
 
 app = typer.Typer(help="Manage device API tokens.", no_args_is_help=True)
 
@@ -29,7 +28,7 @@ def create(
 ) -> None:
     """Create a token for a device and print it (the only time it is shown)."""
     with TokenStore(home()) as store:
-        token = store.create(device, cast(Scope, scope.value))
+        token = store.create(device, scope.value)
     if as_json:
         print_json({"device": device, "scope": scope.value, "token": token})
         return

@@ -55,7 +55,8 @@ def list_keys(as_json: bool = JSON_OPTION) -> None:
     table.add_column("key id")
     table.add_column("state")
     for row in rows:
-        table.add_row(row["name"], row["keyid"], "REVOKED" if row["revoked"] else "trusted")
+        state = "REVOKED" if row["revoked"] else "trusted"
+        table.add_row(str(row["name"]), str(row["keyid"]), state)
     console.print(table)
 
 

@@ -75,7 +75,7 @@ def cost_usd(
 
 def backoff_s(attempts: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter over its upper half: base * 2^(attempts-1)."""
-    ceiling = min(max_s, base_s * 2 ** max(attempts - 1, 0))
+    ceiling = min(max_s, base_s * 2.0 ** max(attempts - 1, 0))
     return ceiling / 2 + rng.random() * ceiling / 2
 
 
@@ -265,7 +265,8 @@ class SyncEngine:
                         budgeted = index and self.policy().budgets.daily_usd is not None
                         left = await asyncio.to_thread(self.budget_left) if budgeted else None
                         if left is not None and left <= 0:
-                            spent.append(await asyncio.to_thread(self.budget_reason) or "")
+                            reason = await asyncio.to_thread(self.budget_reason)
+                            spent.append(reason or "")
                         elif (
                             left is None or not in_flight or left - sum(in_flight.values()) >= worst
                         ):

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -150,7 +150,7 @@ class Outcome:
         return document
 
     def headers(self) -> dict[str, str]:
-        headers = {"X-Appliance-Route": self.route}
+        headers: dict[str, str] = {"X-Appliance-Route": self.route}
         if self.escalation_id is not None:
             headers["X-Appliance-Escalation-Id"] = self.escalation_id
         return headers
@@ -212,7 +212,7 @@ class Pipeline:
 
     async def run(
         self, query: Query, local: LocalModel
-    ) -> AsyncIterator[TokenEvent | Outcome]:
+    ) -> AsyncGenerator[TokenEvent | Outcome, None]:
         """Govern `query`: its token events (only when streamed live), then its Outcome."""
         plan = await self.plan(query)  # 1. classify and plan
         asked = UpstreamFirst()

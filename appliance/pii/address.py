@@ -76,7 +76,8 @@ _DE_ADDRESS = re.compile(
     r"[ \t]+[0-9]{1,3}[ \t]?[a-z]?(?![\w])"
     rf"(?P<tail>,[ \t]*[0-9]{{5}}[ \t]+[{_UPPER}][{_LOWER}]+(?:[ \t\-][{_UPPER}][{_LOWER}]+)?)?"
 )
-_FR_STEMS = ("rue", "avenue", "boulevard", "bd", "place", "chemin", "allée", "impasse", "quai")
+_FR_STEMS: tuple[str, ...] = ("rue", "avenue", "boulevard", "bd", "place", "chemin", "allée")
+_FR_STEMS += ("impasse", "quai")
 _FR_STEMS += ("route", "cours", "passage")
 _FR_ADDRESS = re.compile(
     r"[0-9]{1,4}(?:[ \t]?(?:bis|ter))?,?[ \t]+"
@@ -136,11 +137,11 @@ class StreetAddressRecognizer:
                 continue
             if _YEAR.match(text, start) and has_context(text, start, _TIME_WORDS, 16):
                 continue
-            match = _US_ADDRESS.match(text, start)
-            if match is None and french:
-                match = _FR_ADDRESS.match(text, start)
-            if match is not None:
-                yield self._finding(match)
+            found = _US_ADDRESS.match(text, start)
+            if found is None and french:
+                found = _FR_ADDRESS.match(text, start)
+            if found is not None:
+                yield self._finding(found)
 
     def _finding(self, match: re.Match[str]) -> Finding:
         score = self.score_with_postcode if match.group("tail") else self.score

@@ -61,7 +61,8 @@ _PREFIXED = re.compile(
     r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"
     r")(?![A-Za-z0-9_\-])"
 )
-_PREFIXES = ("sk-", "sk_", "rk_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "AKIA")
+_PREFIXES: tuple[str, ...] = ("sk-", "sk_", "rk_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_")
+_PREFIXES += ("github_pat_", "AKIA")
 _PREFIXES += ("ASIA", "ABIA", "ACCA", "xox", "AIza", "glpat-", "hf_", "npm_", "eyJ")
 _PEM_BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY( BLOCK)?-----")
 _PEM_BODY = re.compile(r"(?:\r?\n[A-Za-z0-9+/=:,\- ]{1,100})*")
@@ -74,7 +75,8 @@ _CONTEXT_WORD = re.compile(
     r"|(?P<secret>secret|token|api[_\-\s]?key|apikey|access[_\-\s]?key|private[_\-\s]?key"
     r"|credentials?|client[_\-\s]?secret|auth[_\-]?token|session[_\-\s]?id|bearer)"
 )
-_CONTEXT_STEMS = ("pass", "pwd", "kennwort", "contrase", "secret", "token", "key", "credential")
+_CONTEXT_STEMS: tuple[str, ...] = ("pass", "pwd", "kennwort", "contrase", "secret", "token", "key")
+_CONTEXT_STEMS += ("credential",)
 _CONTEXT_STEMS += ("auth", "session", "bearer")
 _IDENTIFIER_TAIL = re.compile(r"[_\-][A-Za-z0-9_\-]{0,30}|(?<=[a-z])[A-Z][A-Za-z0-9]{0,20}")
 _SEPARATOR = re.compile(

@@ -73,7 +73,11 @@ class Finding:
 class Recognizer(Protocol):
     """Finds one or more PII types in a text."""
 
-    name: str
-    types: tuple[str, ...]
+    # Read-only members: a recognizer's class attribute `types = (EMAIL,)` satisfies them.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def types(self) -> tuple[str, ...]: ...
 
     def find(self, text: str) -> Iterable[Finding]: ...

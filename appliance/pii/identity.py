@@ -97,7 +97,8 @@ _BIRTH_WORDS = re.compile(
     r"|dob|geburtsdatum|geboren|geb\.|date\s+de\s+naissance|n[ée]e?\s+le"
     r"|fecha\s+de\s+nacimiento)(?![a-z0-9_-])"
 )
-_BIRTH_STEMS = ("birth", "bday", "b-day", "born", "d.o", "d. o", "dob", "geb", "naissance")
+_BIRTH_STEMS: tuple[str, ...] = ("birth", "bday", "b-day", "born", "d.o", "d. o", "dob", "geb")
+_BIRTH_STEMS += ("naissance",)
 _BIRTH_STEMS += ("née", "nee", "ne le", "nacimiento")
 BIRTH_WINDOW = 40  # characters after the word in which the date must begin
 
@@ -144,7 +145,8 @@ _NATIONAL_ID_WORDS = re.compile(
     r"|aadhaar|carte\s+d'identit[ée]|codice\s+fiscale|personnummer|social\s+insurance"
     r")(?![a-z0-9_-])"
 )
-_NATIONAL_ID_STEMS = ("card", "identit", "national", "ni number", "licen", "dl", "ausweis")
+_NATIONAL_ID_STEMS: tuple[str, ...] = ("card", "identit", "national", "ni number", "licen", "dl")
+_NATIONAL_ID_STEMS += ("ausweis",)
 _NATIONAL_ID_STEMS += ("führer", "fuehrer", "steuer", "tax", "aadhaar", "fiscale")
 _NATIONAL_ID_STEMS += ("personnummer", "insurance")
 _NATIONAL_ID_ACRONYMS = re.compile(

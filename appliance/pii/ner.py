@@ -148,7 +148,8 @@ class OnnxEntityRecognizer:
             )
         row = logits[0] - logits[0].max(axis=-1, keepdims=True)
         exp = np.exp(row)
-        return exp / exp.sum(axis=-1, keepdims=True)
+        probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+        return probabilities
 
     def find(self, text: str) -> Iterator[Finding]:
         if not text.strip():

@@ -92,10 +92,10 @@ class IpAddressRecognizer:
             start = hint.start()
             while start > tried and text[start - 1] in _HEX_COLON:
                 start -= 1
-            match = _IPV6.match(text, start)
-            if match is not None and _plausible_ipv6(match.group()):
-                tried = match.end()
-                yield from self._checked(match, ipaddress.IPv6Address)
+            found = _IPV6.match(text, start)
+            if found is not None and _plausible_ipv6(found.group()):
+                tried = found.end()
+                yield from self._checked(found, ipaddress.IPv6Address)
                 continue
             tried = hint.end()
             while tried < len(text) and text[tried] in _HEX_COLON:

@@ -6,7 +6,6 @@ repository's ``policies/`` folder, installed as the ``appliance.policies`` packa
 """
 
 from appliance.policy.load import (
-    MAX_POLICY_BYTES,
     default_policy,
     default_policy_path,
     load_policy,
@@ -32,6 +31,7 @@ from appliance.policy.schema import (
     egress_rank,
     most_restrictive,
 )
+from appliance.policy_source import MAX_POLICY_BYTES
 
 __all__ = [
     "EGRESS_LEVELS",

@@ -60,7 +60,7 @@ _BUNDLE_NAME = re.compile(BUNDLE_NAME_PATTERN)
 
 def egress_rank(egress: str) -> int:
     """How restrictive an egress is: never 3 > internal 2 > redacted 1 > allowed 0."""
-    return EGRESS_LEVELS.index(egress)  # type: ignore[arg-type]
+    return EGRESS_LEVELS.index(egress)
 
 
 def most_restrictive(egresses: Iterable[Egress]) -> Egress:
@@ -275,7 +275,9 @@ class Policy(_Strict):
 
     @field_validator("classes")
     @classmethod
-    def _at_least_one_class(cls, value: dict[str, SensitivityClass]) -> dict:
+    def _at_least_one_class(
+        cls, value: dict[str, SensitivityClass]
+    ) -> dict[str, SensitivityClass]:
         if not value:
             raise ValueError("define at least one class, e.g. [classes.public]")
         return value

@@ -66,6 +66,11 @@ def api_cost(price_in: float, price_out: float, prompt: int, completion: int) ->
     return (prompt * price_in + completion * price_out) / 1_000_000
 
 
+def _watts(value: object) -> float:
+    """A GPU's reported draw; anything but a number (no reading) counts as 0."""
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
 class GpuPower:
     """The GPUs' total draw in watts, read by a background thread (never on a request).
 
@@ -94,7 +99,7 @@ class GpuPower:
         """Read the draw; False when there is no GPU to read (no point asking again)."""
         try:
             found = self._read()
-            self.watts = sum(float(g.get("power_watts") or 0.0) for g in found)  # type: ignore[arg-type]
+            self.watts = sum(_watts(g.get("power_watts")) for g in found)
         except Exception:  # a flaky nvidia-smi must not stop the ledger
             self.watts = 0.0
             return True
@@ -141,7 +146,8 @@ class Ledger:
             order = policy.upstream_order(list(self._upstreams)) or tuple(self._upstreams)
             ordered = [self._upstreams[name] for name in order]
             external = [u for u in ordered if u.perimeter == "external"]
-            chosen = (external or ordered or [None])[0]
+            candidates = external or ordered
+            chosen = candidates[0] if candidates else None
         if chosen is not None:
             price_in, price_out = policy.price_for(
                 chosen.name, chosen.price_input_per_mtok, chosen.price_output_per_mtok
