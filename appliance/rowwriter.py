@@ -13,7 +13,6 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,21 +31,11 @@ class _Flush:
     done: threading.Event
 
 
-def ensure_schema(home: Home, statements: Sequence[str]) -> None:
-    db = open_state(home)
-    try:
-        with write_transaction(db) as conn:
-            for statement in statements:
-                conn.execute(statement)
-    finally:
-        db.conn.close()
-
-
 class RowWriter:
     """Inserts dict rows into `table` from a background thread; ``write`` never blocks."""
 
-    def __init__(self, home: Home, table: str, schema: Sequence[str]) -> None:
-        ensure_schema(home, schema)
+    def __init__(self, home: Home, table: str) -> None:
+        open_state(home).close()  # the table exists once state.db is opened (appliance.schema)
         self.home, self.table = home, table
         self._queue: queue.Queue[dict[str, Any] | _Flush | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"{table}-writer", daemon=True)

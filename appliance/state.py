@@ -18,56 +18,11 @@ from appliance.clock import utc_now as utc_now  # re-exported: callers import it
 from appliance.errors import StateError
 from appliance.fsutil import make_private
 from appliance.home import Home
+from appliance.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from appliance.schema import migrate
 
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000  # milliseconds a writer waits for another writer
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bundles (
-    name TEXT NOT NULL,
-    version TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    digest TEXT NOT NULL UNIQUE,
-    manifest TEXT NOT NULL,
-    signers TEXT NOT NULL,
-    created TEXT NOT NULL,
-    expires TEXT,
-    total_size INTEGER NOT NULL,
-    installed_at TEXT NOT NULL,
-    PRIMARY KEY (name, version)
-);
-CREATE TABLE IF NOT EXISTS active_bundles (
-    name TEXT PRIMARY KEY,
-    version TEXT NOT NULL,
-    activated_at TEXT NOT NULL,
-    FOREIGN KEY (name, version) REFERENCES bundles (name, version)
-);
-CREATE TABLE IF NOT EXISTS sequence_floors (
-    name TEXT PRIMARY KEY,
-    floor INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revoked_keys (
-    keyid TEXT PRIMARY KEY,
-    revoked_at TEXT NOT NULL,
-    by_bundle TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS revoked_bundles (
-    digest TEXT PRIMARY KEY,
-    revoked_at TEXT NOT NULL,
-    by_bundle TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bundle_events (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    action TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    name TEXT,
-    version TEXT,
-    digest TEXT,
-    reason TEXT
-);
-"""
 
 
 def open_state(home: Home) -> sqlite_utils.Database:
@@ -96,9 +51,16 @@ def open_state(home: Home) -> sqlite_utils.Database:
                 "upgrade this runtime"
             )
         if version < SCHEMA_VERSION:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-            )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # read again under the write lock: another process may have migrated it
+                current = conn.execute("PRAGMA user_version").fetchone()[0]
+                if current < SCHEMA_VERSION:
+                    migrate(conn, current)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
     except sqlite3.DatabaseError as e:
         raise StateError(f"cannot open {home.state_db}: {e}") from e
     return sqlite_utils.Database(conn)

@@ -32,15 +32,6 @@ TOUCH_INTERVAL_S = 60  # seconds: last_used_at is refreshed at most this often p
 _DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS device_tokens (
-    device TEXT PRIMARY KEY,
-    token_hash TEXT NOT NULL UNIQUE,
-    scope TEXT NOT NULL CHECK (scope IN ('infer', 'admin')),
-    created_at TEXT NOT NULL,
-    last_used_at TEXT
-)
-"""
 
 
 @dataclass(frozen=True)
@@ -66,10 +57,7 @@ class TokenStore:
         # the daemon authenticates from several threads: one connection each
         self._connections = ThreadConnections(self.home)
         try:
-            db = self._db()
-            if not db["device_tokens"].exists():
-                with write_transaction(db) as conn:
-                    conn.execute(_SCHEMA)
+            self._db()  # opening state.db brings its tables (appliance.schema) up to date
         except BaseException:
             self.close()
             raise

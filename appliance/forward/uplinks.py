@@ -21,14 +21,6 @@ if TYPE_CHECKING:  # kept light: `appliance status` reads the table without thes
 
 log = logging.getLogger("appliance.sync")
 
-SCHEMA = """CREATE TABLE IF NOT EXISTS uplink_states (
-    name TEXT PRIMARY KEY,
-    up INTEGER NOT NULL,
-    last_ok_at TEXT,
-    last_error TEXT,
-    failures INTEGER NOT NULL,
-    checked_at TEXT
-)"""
 FLUSH_INTERVAL_S = 2.0  # seconds between looks for a change to write
 
 
@@ -56,7 +48,6 @@ def save(home: Home, states: list[UplinkState]) -> None:
     db = open_state(home)
     try:
         with write_transaction(db) as conn:
-            conn.execute(SCHEMA)
             conn.execute("DELETE FROM uplink_states")
             conn.executemany(
                 "INSERT INTO uplink_states VALUES (?, ?, ?, ?, ?, ?)", [_row(s) for s in states]

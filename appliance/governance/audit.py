@@ -15,28 +15,8 @@ from typing import Any
 
 from appliance import metrics
 from appliance.home import Home
-from appliance.rowwriter import RowWriter, ensure_schema
+from appliance.rowwriter import RowWriter
 from appliance.state import open_state, utc_now
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY,
-    at TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    device TEXT,
-    model TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    sensitivity TEXT NOT NULL,
-    route TEXT NOT NULL,
-    reasons TEXT NOT NULL,
-    confidence REAL,
-    finding_types TEXT NOT NULL,
-    escalation_id TEXT,
-    upstream TEXT
-)""",
-    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
-)
 
 
 @dataclass(frozen=True)
@@ -62,13 +42,8 @@ class AuditRecord:
         return row
 
 
-def ensure_table(home: Home) -> None:
-    ensure_schema(home, SCHEMA)
-
-
 def read_audit(home: Home, limit: int = 100) -> list[dict[str, Any]]:
     """The newest `limit` rows, newest first, with JSON columns decoded."""
-    ensure_table(home)
     db = open_state(home)
     try:
         rows = list(db.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit]))
@@ -84,7 +59,7 @@ class AuditLog:
     """Writes audit records from a background thread; ``record`` never blocks."""
 
     def __init__(self, home: Home) -> None:
-        self._writer = RowWriter(home, "audit", SCHEMA)
+        self._writer = RowWriter(home, "audit")
 
     def record(self, record: AuditRecord) -> None:
         metrics.DECISIONS.labels(record.route).inc()

@@ -25,31 +25,6 @@ from appliance.outbox import OutboxItem
 from appliance.outbox import rows as outbox_rows
 from appliance.state import open_state, write_transaction
 
-_SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS offline_batches (
-        batch_id TEXT PRIMARY KEY,
-        direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
-        kind TEXT NOT NULL,
-        peer TEXT NOT NULL,
-        peer_name TEXT NOT NULL,
-        items INTEGER NOT NULL,
-        at TEXT NOT NULL,
-        file TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS offline_exports (
-        item_id TEXT PRIMARY KEY REFERENCES outbox (id) ON DELETE CASCADE,
-        batch_id TEXT NOT NULL,
-        at TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS relay_items (
-        item_id TEXT PRIMARY KEY REFERENCES outbox (id) ON DELETE CASCADE,
-        peer TEXT NOT NULL,
-        batch_id TEXT NOT NULL,
-        returned_in TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS relay_items_pending ON relay_items (peer, returned_in)",
-)
-
 
 @dataclass(frozen=True)
 class Batch:
@@ -67,10 +42,7 @@ class Ledger:
     """The offline tables of one home; one connection, for one command's lifetime."""
 
     def __init__(self, home: Home) -> None:
-        self._db = open_state(home)
-        with write_transaction(self._db) as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
+        self._db = open_state(home)  # its tables come with state.db (appliance.schema)
 
     @property
     def conn(self) -> sqlite3.Connection:

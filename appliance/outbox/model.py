@@ -17,11 +17,12 @@ from typing import Any
 
 from appliance.clock import format_precise
 from appliance.errors import OutboxError
+from appliance.schema import OUTBOX_LIVE_STATES, OUTBOX_STATES
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
-STATES: tuple[str, ...] = ("queued", "sending", "done", "failed", "expired")
-LIVE_STATES: tuple[str, ...] = ("queued", "sending")  # those that count against the cap
+STATES: tuple[str, ...] = OUTBOX_STATES
+LIVE_STATES: tuple[str, ...] = OUTBOX_LIVE_STATES  # those that count against the cap
 FINISHED_STATES: tuple[str, ...] = ("done", "failed", "expired")
 
 

@@ -41,7 +41,7 @@ from appliance.clock import utc_now_dt
 from appliance.errors import OutboxError
 from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.home import Home
-from appliance.outbox import capacity, leases, rows, schema
+from appliance.outbox import capacity, leases, rows
 from appliance.outbox.crypto import MapCipher
 from appliance.outbox.model import (
     FINISHED_STATES,
@@ -73,10 +73,7 @@ class Outbox:
         self._cipher = MapCipher(self.home)
         self._connections = ThreadConnections(self.home)
         try:
-            db = self._db()
-            if schema.missing(db.conn):
-                with write_transaction(db) as conn:
-                    schema.create(conn)
+            self._db()  # opening state.db brings its tables (appliance.schema) up to date
         except BaseException:
             self.close()
             raise

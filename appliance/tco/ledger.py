@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from appliance.home import Home
 from appliance.rowwriter import RowWriter
+from appliance.schema import LEDGER, TCO_LEDGER
 from appliance.settings import Settings, UpstreamSettings
 from appliance.state import utc_now
 from appliance.tco.busy import BusyTime
@@ -36,27 +37,8 @@ from appliance.tco.busy import BusyTime
 if TYPE_CHECKING:
     from appliance.policy.schema import Policy
 
-TABLE = "tco_ledger"
-SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-        id INTEGER PRIMARY KEY,
-        at TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('request', 'upstream')),
-        request_id TEXT,
-        model TEXT,
-        route TEXT,
-        device TEXT,
-        upstream TEXT,
-        prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        wall_ms REAL NOT NULL,
-        api_price_in REAL NOT NULL,
-        api_price_out REAL NOT NULL,
-        api_cost_usd REAL NOT NULL,
-        local_cost_usd REAL NOT NULL
-    )""",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_at ON {TABLE} (at)",
-)
+TABLE = TCO_LEDGER
+SCHEMA = LEDGER  # the table's statements, as appliance.schema creates them
 ESTIMATED_ROUTE = "upstream-estimated"  # an upstream row whose usage is an estimate
 GPU_SAMPLE_S = 5.0  # seconds between nvidia-smi power readings
 
@@ -127,7 +109,7 @@ class Ledger:
     ) -> None:
         self.settings = settings
         self._clock = clock
-        self._writer = RowWriter(home, TABLE, SCHEMA)
+        self._writer = RowWriter(home, TABLE)
         self._gpu = gpu if gpu is not None else (GpuPower() if settings.tco.gpu_power else None)
         self._upstreams = {u.name: u for u in settings.upstreams}
         self._busy = BusyTime()
