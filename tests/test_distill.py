@@ -12,7 +12,7 @@ import pytest
 
 from appliance.bundles.manifest import parse_manifest
 from appliance.bundles.reader import BundleReader
-from appliance.bundles.recipes import CHAT_RECIPE, build_source
+from appliance.bundles.recipes import CHAT_RECIPE, DEMO_RECIPE, build_source
 from appliance.cli import main
 from appliance.distill import hygiene
 from appliance.distill.base import BaseModel, from_bundle_file
@@ -205,6 +205,50 @@ def test_lora_b_rows_are_put_in_gguf_order_like_the_base_weights():
     b = rng.standard_normal((heads * head_dim, rank))
     assert np.allclose(permute(b, heads) @ a, permute(b @ a, heads))
     assert not np.allclose(permute(b, heads), b)
+
+
+@pytest.mark.parametrize("demo", ["smollm2", "gemma3"])
+def test_every_lora_pair_gets_the_name_and_shape_llama_cpp_checks(
+    demo: str, smol_base: BaseModel, tmp_path: Path
+):
+    """A peft state dict of the right shapes for each demo model converts to an adapter that
+    the daemon's own check accepts against that model's GGUF."""
+    torch = pytest.importorskip("torch", reason="the [train] extra is not installed")
+    from safetensors.torch import save_file
+
+    from appliance.distill.convert import convert
+    from appliance.runtime.adapters import read_header
+
+    if demo == "smollm2":
+        base, layers, width, q, kv = smol_base, 30, 576, 576, 192
+        config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3}
+    else:
+        gguf = build_source(DEMO_RECIPE, tmp_path / "gemma") / "gemma-3-270m-q4_k_m.gguf"
+        base = BaseModel(gguf, "0" * 64, "gemma3", 2048)
+        layers, width, q, kv = 18, 640, 1024, 256
+        config = {"num_hidden_layers": 18, "num_attention_heads": 4, "num_key_value_heads": 1}
+    shapes = {
+        "q_proj": (width, q),
+        "k_proj": (width, kv),
+        "v_proj": (width, kv),
+        "o_proj": (q, width),
+    }
+    rank, state = 4, {}
+    for layer in range(layers):
+        for module, (n_in, n_out) in shapes.items():
+            stem = f"base_model.model.model.layers.{layer}.self_attn.{module}"
+            state[f"{stem}.lora_A.weight"] = torch.randn(rank, n_in)
+            state[f"{stem}.lora_B.weight"] = torch.randn(n_out, rank)
+    peft_dir = tmp_path / "peft"
+    peft_dir.mkdir()
+    save_file(state, str(peft_dir / "adapter_model.safetensors"))
+    (peft_dir / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": 8}))
+    out = tmp_path / "adapter.gguf"
+    assert convert(peft_dir, base, config, out) == 8 * layers
+    header = read_header(out)
+    assert header.strings["general.type"] == "adapter" and header.strings["adapter.type"] == "lora"
+    assert header.tensors["blk.0.attn_q.weight.lora_a"] == [width, rank]
+    assert header.tensors["blk.0.attn_k.weight.lora_b"] == [rank, kv]
 
 
 # -- packing ----------------------------------------------------------------------------------
