@@ -20,7 +20,7 @@ import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +226,7 @@ def evaluate(
             "confidence_measure": cascade.confidence_measure,
             "confidence_threshold": cascade.confidence_threshold,
         },
-        "pricing": None if price is None else price.__dict__,
+        "pricing": None if price is None else asdict(price),
         "cost_basis": "escalated queries x (local token counts of prompt and golden answer) "
         "at the upstream's price",
         "base": results["base"],
