@@ -71,6 +71,7 @@ def _install_record_factory() -> None:
             record.request_id = current
         return record
 
+    # a mark on the function object, so a second install() sees its own factory in place
     factory._appliance = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
 

@@ -63,7 +63,8 @@ def shipped_file(name: str) -> Path:
 
 def active_bundle(conn: sqlite3.Connection) -> tuple[str, str] | None:
     try:
-        return conn.execute(ACTIVE_POLICY_BUNDLE).fetchone()  # type: ignore[no-any-return]
+        row = conn.execute(ACTIVE_POLICY_BUNDLE).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
     except sqlite3.OperationalError as e:
         if "no such table" in str(e):  # a state.db without the bundle tables yet
             return None

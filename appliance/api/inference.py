@@ -32,6 +32,7 @@ class PromptSource:
 
     def render(self, backend: Backend) -> str:
         if self.messages is not None:
+            # chat messages reach GGUF chat models only: their backends render templates
             return str(backend.render_chat(self.messages))  # type: ignore[attr-defined]
         return self.text or ""
 
@@ -214,7 +215,8 @@ async def embed(
 
     worker.submit(Job(run=run, cancelled=cancelled.is_set, fail=bridge.put))
     async for item in _drain(bridge, deadline, cancelled.set):
-        return item.value  # type: ignore[no-any-return]
+        embedded: tuple[list[list[float]], int] = item.value
+        return embedded
     raise RuntimeError("embedding produced no result")
 
 
@@ -227,11 +229,13 @@ async def classify(
     cancelled = asyncio.Event()
 
     def run(backend: Backend) -> None:
+        # called for classifier bundles only: the ONNX backend classifies
         bridge.put(_Done(backend.classify(texts)))  # type: ignore[attr-defined]
 
     worker.submit(Job(run=run, cancelled=cancelled.is_set, fail=bridge.put))
     async for item in _drain(bridge, deadline, cancelled.set):
-        return item.value  # type: ignore[no-any-return]
+        labels: list[dict[str, float]] = item.value
+        return labels
     raise RuntimeError("classification produced no result")
 
 

@@ -35,7 +35,8 @@ GENERATIVE = ("chat", "completion")
 
 
 def _manager(request: Request) -> ModelManager:
-    return request.app.state.models  # type: ignore[no-any-return]
+    manager: ModelManager = request.app.state.models
+    return manager
 
 
 def _envelope(worker_spec: Any, route: str = "local") -> dict[str, Any]:
@@ -100,7 +101,8 @@ async def _generative_worker(request: Request, model: str) -> Any:
 
 
 def _pipeline(request: Request) -> Pipeline:
-    return request.app.state.governor  # type: ignore[no-any-return]
+    pipeline: Pipeline = request.app.state.governor
+    return pipeline
 
 
 @dataclass
@@ -291,13 +293,14 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Any:
             param="model",
         )
     vectors, tokens = await inference.embed(worker, texts, limits)
+    data: list[Any]
     if body.encoding_format == "base64":
         import base64
         import struct
 
         data = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
     else:
-        data = vectors  # type: ignore[assignment]
+        data = list(vectors)
     document = {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(data)],

@@ -85,6 +85,7 @@ def config(app: FastAPI, server: ServerSettings, host: str, port: int) -> uvicor
         app,
         host=host,
         port=port,
+        # uvicorn takes a protocol class or a factory; its stub names only the class
         http=functools.partial(GuardedH11Protocol, guard=guard),  # type: ignore[arg-type]
         log_level="warning",
         log_config=None,  # keep the process's logging (JSON lines under `appliance serve`)

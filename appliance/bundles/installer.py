@@ -304,6 +304,13 @@ class BundleManager:
     def list(self) -> list[records.InstalledBundle]:
         return records.query(self.db)
 
+    def _installed(self, name: str, version: str) -> records.InstalledBundle:
+        """The record of a bundle this manager just acted on (it cannot have gone)."""
+        bundle = records.get(self.db, name, version)
+        if bundle is None:
+            raise BundleNotFoundError(f"{name} {version} is not installed")
+        return bundle
+
     def _check_activatable(self, bundle: records.InstalledBundle) -> None:
         if bundle.kind not in ACTIVATABLE_KINDS:
             raise BundleError(f"{bundle.kind} bundles take effect on install; nothing to activate")
@@ -325,7 +332,7 @@ class BundleManager:
                 records.record_event(
                     conn, "activate", "accepted", name=name, version=version, digest=bundle.digest
                 )
-            return records.get(self.db, name, version)  # type: ignore[return-value]
+            return self._installed(name, version)
 
     def rollback(self, name: str) -> records.InstalledBundle:
         """Re-activate the installed version just below the active one; floors stay put."""
@@ -353,7 +360,7 @@ class BundleManager:
                         version=candidate.version,
                         digest=candidate.digest,
                     )
-                return records.get(self.db, name, candidate.version)  # type: ignore[return-value]
+                return self._installed(name, candidate.version)
             raise BundleNotFoundError(
                 f"no earlier usable version of {name} is installed to roll back to"
             )

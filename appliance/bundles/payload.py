@@ -77,6 +77,7 @@ def hash_member(
     turn = 0
     while remaining:
         view = memoryview(buffers[turn])[: min(chunk_bytes, remaining)]
+        # the bundle file, opened "rb": a BufferedReader has readinto, BinaryIO's stub has not
         got = source.readinto(view)  # type: ignore[attr-defined]
         if not got:
             raise TruncatedBundleError(f"bundle is truncated inside payload/{entry.path}")

@@ -95,6 +95,7 @@ def escalation_of(item: OutboxItem) -> Escalation:
         id=item.id,
         created_at=item.created_at,
         upstream=item.upstream,
+        # only the pipeline writes it, with 'chat' or 'completion' (an Escalation's endpoint)
         endpoint=item.endpoint,  # type: ignore[arg-type]
         messages=tuple(item.messages),
         mapping={},

@@ -119,6 +119,7 @@ def request_of(item: OutboxItem) -> Request:
         created_at=item.created_at,
         priority=item.priority,
         upstream=item.upstream,
+        # only the pipeline writes it, with 'chat' or 'completion' (an Escalation's endpoint)
         endpoint=item.endpoint,  # type: ignore[arg-type]
         messages=[Message.model_validate(m) for m in item.messages],
         params=Params(

@@ -61,8 +61,8 @@ def collect(h: Home, settings: Settings, url: str) -> dict[str, Any]:
         raise UsageError(f"--url {url!r} is not an http:// address: {e}") from e
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as response:
-            live = json.loads(response.read())
-        return _with_home(live, h) if _is_loopback(url) else live  # type: ignore[no-any-return]
+            live: dict[str, Any] = json.loads(response.read())
+        return _with_home(live, h) if _is_loopback(url) else live
     except urllib.error.HTTPError as e:
         daemon_up = True
         reason = f"GET /status answered HTTP {e.code}"
