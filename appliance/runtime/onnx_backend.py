@@ -52,7 +52,8 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 class OnnxBackend:
@@ -246,7 +247,8 @@ class OnnxBackend:
             return result[:, 0, :]
         weights = mask[:, :, None].astype(np.float32)
         summed = (result * weights).sum(axis=1)
-        return summed / np.maximum(weights.sum(axis=1), 1.0)
+        pooled: np.ndarray = summed / np.maximum(weights.sum(axis=1), 1.0)
+        return pooled
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         if self.spec.role != "embedding":
