@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-NVIDIA_SMI_TIMEOUT_S = 3.0  # seconds
-_GPU_FIELDS = (
-    "index",
-    "name",
-    "memory.used",
-    "memory.total",
-    "utilization.gpu",
-    "temperature.gpu",
-    "power.draw",
-)
+# NVIDIA GPUs are read by the runtime's one probe; re-exported for the status document
+from appliance.runtime.gpu import gpus as gpus
+from appliance.runtime.gpu import parse_gpu_line as parse_gpu_line
 
 
 def machine(home: Path) -> dict[str, Any]:
@@ -84,43 +76,3 @@ def temperatures() -> list[dict[str, Any]]:
     return found
 
 
-def gpus(smi: str | None = None) -> list[dict[str, Any]]:
-    """One entry per NVIDIA GPU from ``nvidia-smi``; [] without one (or without the tool)."""
-    smi = smi or shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        done = subprocess.run(
-            [smi, f"--query-gpu={','.join(_GPU_FIELDS)}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=NVIDIA_SMI_TIMEOUT_S,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    if done.returncode != 0:
-        return []
-    return [parse_gpu_line(line) for line in done.stdout.splitlines() if line.strip()]
-
-
-def parse_gpu_line(line: str) -> dict[str, Any]:
-    """One CSV line of the query above; ``[N/A]`` and unparsable numbers become None."""
-    cells = [c.strip() for c in line.split(",")]
-    cells += [""] * (len(_GPU_FIELDS) - len(cells))
-
-    def number(text: str) -> float | None:
-        try:
-            return float(text)
-        except ValueError:
-            return None
-
-    index = number(cells[0])
-    return {
-        "index": int(index) if index is not None else None,
-        "name": cells[1],
-        "memory_used_mib": number(cells[2]),
-        "memory_total_mib": number(cells[3]),
-        "utilization_percent": number(cells[4]),
-        "temperature_celsius": number(cells[5]),
-        "power_watts": number(cells[6]),
-    }
