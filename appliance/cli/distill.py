@@ -59,7 +59,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="The run folder (resumed when run again)."),
     steps: int = typer.Option(200, "--steps", min=1, help="Optimisation steps."),
     rank: int = typer.Option(16, "--rank", min=1, help="LoRA rank."),
-    alpha: float = typer.Option(32.0, "--alpha", min=0.0, help="LoRA alpha (scale alpha/rank)."),
+    alpha: int = typer.Option(32, "--alpha", min=1, help="LoRA alpha (the scale is alpha/rank)."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Pairs per step."),
     learning_rate: float = typer.Option(1e-3, "--learning-rate", min=0.0),
     targets: str = typer.Option(

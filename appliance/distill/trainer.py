@@ -46,7 +46,7 @@ from appliance.errors import DistillError
 @dataclass(frozen=True)
 class TrainSettings:
     rank: int = 16
-    alpha: float = 32.0  # peft scales the update by alpha / rank; llama.cpp reads it too
+    alpha: int = 32  # peft scales the update by alpha / rank; llama.cpp reads it too
     dropout: float = 0.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     steps: int = 200
@@ -93,11 +93,14 @@ def load_base(base: BaseModel, device: str) -> Any:
     """The GGUF as a float32 transformers model (dequantized), from local files only."""
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    # transformers' own logging helpers carry no annotations: called through Any
+    logging: Any = transformers.utils.logging
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    auto: Any = transformers.AutoModelForCausalLM
     try:
         with _quiet_gguf_loader():
-            model = transformers.AutoModelForCausalLM.from_pretrained(
+            model = auto.from_pretrained(
                 str(base.gguf.parent),
                 gguf_file=base.gguf.name,
                 dtype=torch.float32,
@@ -117,11 +120,11 @@ def _quiet_gguf_loader() -> Any:
     if original is None:
         yield
         return
-    loader.tqdm = lambda items, **_: items
+    setattr(loader, "tqdm", lambda items, **_: items)  # noqa: B010 (a module attribute)
     try:
         yield
     finally:
-        loader.tqdm = original
+        setattr(loader, "tqdm", original)  # noqa: B010
 
 
 def _batches(count: int, size: int, steps: int, seed: int) -> np.ndarray:
@@ -222,7 +225,7 @@ def _resume(
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = read_json(folder / "state.json")
+    state: dict[str, Any] = read_json(folder / "state.json")
     if state.get("fingerprint") != fingerprint:
         raise DistillError(
             f"{folder} holds a run with other data or settings: give another --out, or "
@@ -238,7 +241,7 @@ def _resume(
 
 def base_config(model: Any) -> dict[str, Any]:
     """The base's transformers config, without the GGUF loader's quantization entry."""
-    config = model.config.to_dict()
+    config: dict[str, Any] = model.config.to_dict()
     config.pop("quantization_config", None)
     config.setdefault("architectures", [type(model).__name__])
     return config
@@ -292,7 +295,7 @@ def train(
         t0 = time.perf_counter()
         loss = answer_loss(model, [train_set[i] for i in batches[step]], device)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
         schedule.step()
         losses.append(round(loss.item(), 5))
