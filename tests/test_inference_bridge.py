@@ -43,6 +43,8 @@ class SlowGeneration:
 class SlowBackend:
     spec = SPEC
     device = "cpu"
+    concurrency = 1
+    reused_tokens = 0
 
     def __init__(self) -> None:
         self.produced: list[int] = []

@@ -32,8 +32,7 @@ class PromptSource:
 
     def render(self, backend: Backend) -> str:
         if self.messages is not None:
-            # chat messages reach GGUF chat models only: their backends render templates
-            return str(backend.render_chat(self.messages))  # type: ignore[attr-defined]
+            return backend.render_chat(self.messages)
         return self.text or ""
 
 
@@ -229,8 +228,7 @@ async def classify(
     cancelled = asyncio.Event()
 
     def run(backend: Backend) -> None:
-        # called for classifier bundles only: the ONNX backend classifies
-        bridge.put(_Done(backend.classify(texts)))  # type: ignore[attr-defined]
+        bridge.put(_Done(backend.classify(texts)))
 
     worker.submit(Job(run=run, cancelled=cancelled.is_set, fail=bridge.put))
     async for item in _drain(bridge, deadline, cancelled.set):

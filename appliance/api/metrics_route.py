@@ -81,7 +81,7 @@ class StateCollector(Collector):
             if worker:
                 slots.add_metric([spec.name], worker.slots)
                 running.add_metric([spec.name], worker.running)
-                reused.add_metric([spec.name], getattr(worker.backend, "reused_tokens", 0))
+                reused.add_metric([spec.name], worker.backend.reused_tokens)
         yield from (depth, up, slots, running, reused)
 
     def _forwarding(self) -> Iterator[Any]:

@@ -110,9 +110,24 @@ class Generation(Protocol):
 
 
 class Backend(Protocol):
-    """A loaded (or loadable) model."""
+    """A loaded (or loadable) model: every backend has every member, and refuses with a
+    ``ModelError`` the work its kind of model does not do (no probing for capabilities)."""
 
     spec: ModelSpec
+
+    @property
+    def concurrency(self) -> int:
+        """How many generations the model manager may run on it at once (its slots)."""
+
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens not evaluated again thanks to a cached prefix (0 where none is kept)."""
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt a chat model reads for `messages` (its chat template applied)."""
+
+    def classify(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Label probabilities for each text; classifier models only."""
 
     def load(self) -> None:
         """Load the weights; raise ``ModelLoadError`` with a clear message on failure."""

@@ -43,6 +43,8 @@ class LlamaText:
 
     spec: ModelSpec
     _template: str
+    concurrency = 1  # one generation at a time (the batched backend has its slots)
+    reused_tokens = 0  # no prefix kept between requests (see _start_from_empty_memory)
 
     def _require(self) -> Any:
         raise NotImplementedError
@@ -59,6 +61,9 @@ class LlamaText:
 
     def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
         raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it makes no embeddings")
+
+    def classify(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it does not classify")
 
     def check_generates(self) -> None:
         if self.spec.role not in ("chat", "completion"):

@@ -146,7 +146,7 @@ class ModelWorker:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._accepting = True
-        count = max(1, int(getattr(backend, "concurrency", 1)))
+        count = max(1, backend.concurrency)
         self._left = count  # threads still serving; the last one frees the model
         self._threads = [
             threading.Thread(

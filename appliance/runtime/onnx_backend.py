@@ -57,6 +57,9 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class OnnxBackend:
+    concurrency = 1  # one run at a time on its worker thread
+    reused_tokens = 0
+
     def __init__(self, spec: ModelSpec) -> None:
         if spec.format != "onnx":
             raise ModelLoadError(f"{spec.name}: the ONNX backend loads ONNX, not {spec.format}")
@@ -201,6 +204,9 @@ class OnnxBackend:
         """Tokens in `text` before truncation to the context length."""
         self._loaded()
         return len(self._counter.encode(text).ids)
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        raise ModelError(f"{self.spec.name} is a {self.spec.role} model; it takes no chat")
 
     def generate(self, request: GenerationRequest) -> Generation:
         if self.spec.role == "embedding":
