@@ -7,7 +7,7 @@ that one installed GGUF, with the same prompts, greedy, --max-tokens tokens each
 
   direct, reset      llama_cpp.Llama(...).create_completion in this process, llm.reset()
                      before each call: the prompt is evaluated from scratch, as the
-                     appliance does for any prompt that is not an exact repeat
+                     appliance does (these prompts share no prefix a slot would reuse)
   direct, no reset   the same without reset: llama-cpp-python reuses the KV prefix it shares
                      with the previous call (little here: the prompts share only <bos>)
   appliance          the daemon (create_app + BackgroundServer on a free port, in this
@@ -21,7 +21,7 @@ that one installed GGUF, with the same prompts, greedy, --max-tokens tokens each
 
 Non-streaming: the wall time of one whole request. Streaming: the time to the first chunk
 that carries non-empty text (TTFT), and the whole stream. The prompts go round-robin and no
-request repeats the one before it (the appliance would answer an exact repeat from its
+request repeats the one before it (llama-cpp-python would answer an exact repeat from its
 cache). Each contender answers every prompt once, untimed, before it is timed (weights and
 page cache warm), and only one model is loaded at a time (2 cores: never two models' threads
 at once): direct (on a thread of its own that ends before the daemon starts: see
@@ -43,6 +43,14 @@ fatal: the exit status is 0 whenever the benchmark itself ran.
     .venv/bin/python scripts/bench_serving.py --concurrency 1,2,4,8 [--rounds 4]
                                               [--max-tokens 32] [--agreement 32]
                                               [--llama-server build|none|PATH]
+
+--repeat-cost measures what evaluating every prompt afresh costs at slots = 1 against the
+old exact-repeat cache reuse (scripts/_repeat_cost.py); --confidence-spread how far one
+prompt's confidence moves with 1-3 other streams beside it in a batch
+(scripts/_confidence_spread.py). Both run in this process on the demo GGUF, --rounds rounds:
+
+    .venv/bin/python scripts/bench_serving.py --repeat-cost [--rounds 4] [--max-tokens 16]
+    .venv/bin/python scripts/bench_serving.py --confidence-spread [--rounds 4]
 
 --concurrency measures many devices at once instead (scripts/_concurrency.py): aggregate
 generated tokens/s and time to first token per client count, for llama-cpp-python called
@@ -735,7 +743,7 @@ def report(
     if answers.examples:
         print(
             "  (a contender that reuses a KV prefix, even just <bos>, may differ from a fresh "
-            "evaluation: see _keep_cache_only_for_a_repeat in appliance/runtime/llama_backend.py)"
+            "evaluation: see _start_from_empty_memory in appliance/runtime/llama_backend.py)"
         )
     for who, problem in answers.short.items():
         print(f"  WRONG LENGTH: {who}: {problem}")
@@ -823,6 +831,18 @@ def main() -> int:
         "'none' leaves it out, anything else is the path of a binary",
     )
     parser.add_argument(
+        "--repeat-cost",
+        action="store_true",
+        help="instead: slots = 1 evaluating every prompt afresh vs the old exact-repeat cache "
+        "reuse (time to first token, whole request, identical answers); --rounds rounds",
+    )
+    parser.add_argument(
+        "--confidence-spread",
+        action="store_true",
+        help="instead: how far a prompt's confidence moves with 1-3 other streams beside it "
+        "(4 slots, continuous batching); --rounds rounds",
+    )
+    parser.add_argument(
         "--agreement",
         type=int,
         default=len(WIDE_PROMPTS),
@@ -833,7 +853,19 @@ def main() -> int:
     if args.repeat < 1 or args.max_tokens < 1 or args.blocks < 1:
         parser.error("--repeat, --max-tokens and --blocks must be at least 1")
     with scratch(args.workdir, "bench-serving-") as folder:
-        if args.concurrency:
+        if args.repeat_cost or args.confidence_spread:
+            source = build_source(DEMO_RECIPE, folder / "gemma-src")
+            model = tomllib.loads((source / "bundle.toml").read_text("utf-8"))["model"]
+            gguf = source / model["file"]
+            if args.repeat_cost:
+                import _repeat_cost
+
+                _repeat_cost.bench(gguf, default_threads(), N_CTX, args.rounds, args.max_tokens)
+            if args.confidence_spread:
+                import _confidence_spread
+
+                _confidence_spread.bench(gguf, default_threads(), N_CTX, args.rounds, 32)
+        elif args.concurrency:
             import _concurrency
 
             levels = [int(n) for n in args.concurrency.split(",")]
