@@ -40,6 +40,8 @@ log = logging.getLogger("appliance.sync")
 
 # seconds a lease outlasts the longest request it covers (sync.request_timeout_s)
 LEASE_MARGIN_S = 10.0
+# seconds between looks for items leased to senders that died (a SIGKILL, a power cut)
+RECLAIM_EVERY_S = 5.0
 
 
 @dataclass
@@ -133,6 +135,7 @@ class SyncEngine:
         self.upstreams = {u.name: u for u in settings.upstreams}
         self.waiting: str | None = None  # the last reason nothing was sent
         self.last_sync_at: datetime | None = None  # the last answer received
+        self._reclaimed_at: float | None = None  # monotonic time of the last look
 
     # -- budget ------------------------------------------------------------------------
 
@@ -219,6 +222,20 @@ class SyncEngine:
             estimated=True,
         )
 
+    async def reclaim_gone(self, every_s: float = RECLAIM_EVERY_S) -> int:
+        """Take back, due now, the items of senders that died with a request in flight
+        (at most once every `every_s` seconds); each such request may have reached the
+        upstream and been billed, so each is in the ledger as an estimate."""
+        now = time.monotonic()
+        if self._reclaimed_at is not None and now - self._reclaimed_at < every_s:
+            return 0
+        self._reclaimed_at = now
+        items = await asyncio.to_thread(self.outbox.reclaim_gone)
+        for item in items:
+            log.warning("escalation %s: its sender stopped mid-send; it is sent again", item.id)
+            self._estimate(escalation_of(item), 0.0)
+        return len(items)
+
     async def settle_failure(
         self, id: str, attempts: int, error: UpstreamError, owner: str | None = None
     ) -> str:
@@ -242,6 +259,7 @@ class SyncEngine:
         """One round: expire, check the budget, take what is due for live uplinks, send it."""
         report = DrainReport()
         report.expired = await asyncio.to_thread(self.outbox.expire)
+        await self.reclaim_gone()
         reason = await asyncio.to_thread(self.budget_reason)
         live = [name for name in self.clients if self.monitor.is_up(name)]
         if reason is None and not live:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +11,7 @@ from appliance.forward import uplinks
 from appliance.forward.engine import DrainReport, SyncEngine
 from appliance.forward.escalator import OutboxEscalator
 from appliance.home import Home
-from appliance.outbox import Outbox
+from appliance.outbox import Outbox, owners
 from appliance.policy.schema import Policy
 from appliance.settings import Settings
 from appliance.tco.ledger import Ledger
@@ -88,7 +86,7 @@ def build(
         for u in settings.upstreams
     }
     monitor = UplinkMonitor(clients, settings.sync)
-    owner = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    owner = owners.new_owner(role)
     engine = SyncEngine(outbox, clients, monitor, settings, policy, owner, ledger=ledger)
     return Forwarding(
         home, outbox, clients, monitor, engine, OutboxEscalator(engine), ledger, owns_ledger

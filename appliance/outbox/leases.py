@@ -14,7 +14,7 @@ was presumed dead and the item re-leased meanwhile.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,3 +154,38 @@ def require(conn: sqlite3.Connection, id: str) -> None:
     """Raise :class:`OutboxError` for an unknown id (after a transition matched no row)."""
     if conn.execute("SELECT 1 FROM outbox WHERE id = ?", (id,)).fetchone() is None:
         raise OutboxError(f"no outbox item {id}")
+
+
+def reclaim(
+    conn: sqlite3.Connection, gone: Callable[[str], bool], now: datetime
+) -> list[OutboxItem]:
+    """``sending`` items whose lease owner is `gone` ``-> queued``, due now; returns them
+    as they were (lease and all).
+
+    The lease would run out on its own; a holder known to be dead has no request in flight
+    any more, so its items need not wait for that.
+    """
+    owners = [
+        owner
+        for (owner,) in conn.execute(
+            "SELECT DISTINCT lease_owner FROM outbox WHERE state = 'sending' "
+            "AND lease_owner IS NOT NULL"
+        )
+        if gone(owner)
+    ]
+    found: list[OutboxItem] = []
+    for owner in owners:
+        found += [
+            rows.item_from_row(row)
+            for row in conn.execute(
+                f"SELECT {rows.ITEMS} FROM outbox WHERE state = 'sending' AND lease_owner = ?",
+                (owner,),
+            )
+        ]
+        conn.execute(
+            "UPDATE outbox SET state = 'queued', next_attempt_at = ?, "
+            "last_error = 'its sender stopped with the request in flight', "
+            "lease_owner = NULL, lease_until = NULL WHERE state = 'sending' AND lease_owner = ?",
+            (fmt_time(now), owner),
+        )
+    return found

@@ -41,7 +41,7 @@ from appliance.clock import utc_now_dt
 from appliance.errors import OutboxError
 from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.home import Home
-from appliance.outbox import capacity, leases, rows
+from appliance.outbox import capacity, leases, owners, rows
 from appliance.outbox.crypto import MapCipher
 from appliance.outbox.model import (
     FINISHED_STATES,
@@ -349,6 +349,16 @@ class Outbox:
             leases.fail(conn, id, owner, error)
 
     # -- housekeeping ------------------------------------------------------------------
+
+    def reclaim_gone(self) -> builtins.list[OutboxItem]:
+        """Queue again, due now, the items leased to senders that are certainly dead (see
+        ``owners.is_gone``: another boot, or a process that no longer exists); returns them
+        as they were when their sender stopped, so that the caller can account for a
+        request that may have reached the upstream."""
+        now = self._now()
+        with write_transaction(self._db()) as conn:
+            return leases.reclaim(conn, owners.is_gone, now)
+
 
     def expire(self) -> int:
         """Mark items past expires_at (queued, or sending with a dead lease) expired."""
