@@ -15,7 +15,8 @@ Lifecycle of an item::
 Senders *lease* items: :meth:`claim` marks them ``sending`` for ``lease_s`` seconds under an
 owner name, in one ``BEGIN IMMEDIATE`` transaction, so two senders (threads or processes)
 never take the same item. A sender that dies leaves its lease to run out, after which the
-item is claimable again. Since the escalation id is also the upstream's ``Idempotency-Key``,
+item is claimable again; when it is certainly dead (``owners.is_gone``) :meth:`reclaim_gone`
+queues its items at once. Since the escalation id is also the upstream's ``Idempotency-Key``,
 a resend after such a crash is not charged twice by an upstream that honours the key, and a
 second answer never overwrites the first (:meth:`complete` keeps the first result).
 
