@@ -19,10 +19,10 @@ from appliance.distill.base import BaseModel, from_bundle_file
 from appliance.distill.golden import GoldenPair, drop_duplicates, parse_line, read_pairs
 from appliance.distill.pack import pack, to_toml
 from appliance.distill.rundir import RunDir, write_json
-from appliance.distill.scoring import exact_match, normalise, token_f1
 from appliance.distill.split import split
 from appliance.errors import DistillError
 from appliance.fsutil import sha256_file
+from appliance.governance.agreement import exact_match, normalise, token_f1
 from appliance.home import Home
 from appliance.runtime.backend import ModelSpec
 from appliance.runtime.llama_backend import LlamaBackend

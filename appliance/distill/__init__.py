@@ -14,8 +14,8 @@ bundle that the box installs like any other. One module per concept:
     trainer.py   the fine-tune (transformers + peft + torch), checkpoints, resume
     convert.py   peft's LoRA -> GGUF adapter (the gguf writer), checked as the daemon does
     train.py     the train step: prepare, fine-tune, convert
-    scoring.py   normalised exact match and token F1
-    evaluate.py  the eval step: both models on the held-out pairs, escalation, cost
+    evaluate.py  the eval step: both models on the held-out pairs (exact match and token F1
+                 from governance/agreement.py), escalation, cost
     pack.py      the pack step: an adapter bundle naming its base, with the eval
     rundir.py    the run folder the steps share
 

@@ -5,7 +5,8 @@ template it renders, llama.cpp with the adapter applied by ``lora_path`` after t
 daemon's adapter check), greedy, one request at a time, and the confidence is the cascade's
 (``governance.confidence``, with the policy's measure). For each model:
 
-- agreement with the golden answers: normalised exact match and token F1 (``scoring``);
+- agreement with the golden answers: normalised exact match and token F1
+  (``governance.agreement``);
 - the confidence distribution, and the escalation rate at the policy's threshold (the share
   of answers below it, which the cascade would send upstream: the box's ``after_local``
   for a query that may leave);
@@ -27,8 +28,8 @@ from typing import Any
 from appliance.distill.base import BaseModel
 from appliance.distill.golden import GoldenPair, read_pairs
 from appliance.distill.rundir import RunDir, read_json, write_json
-from appliance.distill.scoring import exact_match, token_f1
 from appliance.fsutil import sha256_file
+from appliance.governance.agreement import exact_match, token_f1
 from appliance.governance.confidence import confidence
 from appliance.home import Home
 from appliance.policy.load import load_policy
