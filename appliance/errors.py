@@ -10,6 +10,7 @@ wrapped at the boundary with ``raise XError(...) from e`` so a user never sees a
     ├── ConfigError                     config.toml or a policy file is invalid
     │   └── PolicyError                 a policy file or bundle is invalid (every problem listed)
     ├── HomeError                       APPLIANCE_HOME is unusable
+    ├── StartupError                    exit 3: `serve` cannot listen (address in use …)
     ├── StateError                      state.db is unusable or inconsistent
     ├── KeyFileError                    a key file is missing, unreadable or malformed
     ├── TrustError                      the trust store refuses an operation
@@ -79,6 +80,10 @@ class PolicyError(ConfigError):
 
 class HomeError(ApplianceError):
     """APPLIANCE_HOME cannot be used."""
+
+
+class StartupError(ApplianceError):
+    """`appliance serve` cannot start: its address is taken or not this machine's."""
 
 
 class StateError(ApplianceError):
@@ -257,6 +262,7 @@ SURFACES: dict[type[ApplianceError], Surface] = {
     ApplianceError: Surface(500, "server_error", "internal_error"),
     UsageError: Surface(400, "invalid_request_error", "invalid_request", exit_code=2),
     ConfigError: Surface(500, "server_error", "config_error"),
+    StartupError: Surface(500, "server_error", "startup_failed", exit_code=3),
     TokenError: Surface(400, "invalid_request_error", "token_refused"),
     DistillError: Surface(400, "invalid_request_error", "distill_refused"),
     QueueFullError: Surface(503, "overloaded_error", "queue_full", retry_after=True),
@@ -277,3 +283,18 @@ def surface(error: ApplianceError) -> Surface:
         if issubclass(cls, ApplianceError) and cls in SURFACES:
             return SURFACES[cls]
     return SURFACES[ApplianceError]
+
+
+# -- every exit code of the command line, in one place ---------------------------------------
+
+# What `appliance COMMAND` exits with. The error rows come from SURFACES (an error's class);
+# `appliance status` alone reports the box's health instead (``status.advice.EXIT_CODES``).
+EXIT_CODES: dict[int, str] = {
+    0: "success (status: healthy)",
+    1: "an operation was refused, or interrupted (Ctrl-C); one line on stderr says why "
+    "(status: degraded)",
+    2: "bad usage: a wrong command line, or a question it may not ask without a TTY "
+    "(status: the daemon is down)",
+    3: "serve: the daemon cannot start (its address is in use or not this machine's, or "
+    "loading failed at start)",
+}

@@ -65,6 +65,11 @@ class Home:
     def inbox_dir(self) -> Path:
         return self.root / "inbox"
 
+    @property
+    def daemon_file(self) -> Path:
+        """Where a running `appliance serve` says its address and pid (``runfile``)."""
+        return self.root / "daemon.json"
+
     def bundle_dir(self, name: str, version: str) -> Path:
         return self.bundles_dir / name / version
 

@@ -1,11 +1,18 @@
-"""The status document on one terminal screen (rich): problems first, each with what to do."""
+"""The status document on one terminal screen (rich): problems first, each with what to do.
+
+``render`` gives every section; ``fitted`` the same cut to the window for ``--watch``: the
+problems always, then the sections in order of urgency while they fit, and a last line
+naming what was left out.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.panel import Panel
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -37,6 +44,63 @@ def _table(title: str, *columns: str) -> Table:
 
 
 def render(doc: dict[str, Any]) -> RenderableType:
+    return Group(*(part for _, part in sections(doc)))
+
+
+# When the window is too short, sections are kept in this order (the rest are left out).
+URGENCY = ("headline", "problems", "daemon", "models", "outbox", "uplinks", "errors", "hardware")
+_NAMES = {"errors": "last errors"}
+
+
+class Fitted:
+    """The status screen cut to the console's height at each redraw (``--watch``)."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.parts = sections(doc)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> Iterator[Segment]:
+        height = options.height or console.height
+        width = options.max_width
+        free = options.update(height=None)
+        rendered = {
+            name: console.render_lines(part, free.update(width=width), pad=False)
+            for name, part in self.parts
+        }
+        room = max(height - 1, 2)  # the last line says what was left out
+        kept: set[str] = set()
+        cut: dict[str, int] = {}
+        for name in URGENCY:
+            lines = rendered.get(name)
+            if lines is None:
+                continue
+            if len(lines) <= room:
+                kept.add(name)
+                room -= len(lines)
+            elif name in ("headline", "problems") and room > 0:
+                kept.add(name)
+                cut[name] = room
+                room = 0
+        left_out = [_NAMES.get(n, n) for n, _ in self.parts if n not in kept]
+        if cut:
+            left_out.insert(0, "the rest of the problems")
+        out: list[list[Segment]] = []
+        for name, _ in self.parts:
+            if name in kept:
+                out += rendered[name][: cut.get(name)]
+        if left_out:
+            note = f"… hidden to fit the window: {', '.join(left_out)} (see appliance status)"
+            out.append([Segment(note[:width], console.get_style("dim"))])
+        for line in out:
+            yield from line
+            yield Segment.line()
+
+
+def fitted(doc: dict[str, Any]) -> RenderableType:
+    return Fitted(doc)
+
+
+def sections(doc: dict[str, Any]) -> list[tuple[str, RenderableType]]:
+    """The screen's sections in display order, each with its name."""
     health = doc["health"]
     daemon = doc["daemon"]
     headline = Text.assemble(
@@ -46,7 +110,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
         (health.upper(), f"bold {_COLOURS[health]}"),
         (f"  (exit {doc['exit_code']})  {doc['generated_at']}", "dim"),
     )
-    parts: list[RenderableType] = [headline]
+    parts: list[tuple[str, RenderableType]] = [("headline", headline)]
     if doc["problems"]:
         problems = Table(show_header=False, box=None, pad_edge=False)
         problems.add_column(no_wrap=True)
@@ -57,7 +121,9 @@ def render(doc: dict[str, Any]) -> RenderableType:
                 Text(mark, style=_COLOURS[p["severity"]]),
                 Text.assemble((p["what"], "bold"), "\n→ ", (p["do"], "")),
             )
-        parts.append(Panel(problems, title="what needs doing", border_style="yellow"))
+        parts.append(
+            ("problems", Panel(problems, title="what needs doing", border_style="yellow"))
+        )
 
     up = daemon.get("up")
     line = f"daemon  {'up' if up else 'DOWN'} at {daemon.get('url', '?')}"
@@ -65,7 +131,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
         line += f", pid {daemon.get('pid')}, up {_age(daemon['uptime_s'])}"
         if daemon.get("rss_bytes"):
             line += f", {_size(daemon['rss_bytes'])} resident (models included)"
-    parts.append(Text(line))
+    parts.append(("daemon", Text(line)))
 
     models = _table("models", "name", "version", "kind", "signers", "verified", "where", "size")
     for m in doc["models"]:
@@ -89,7 +155,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
         )
     if not doc["models"]:
         models.add_row("(none active)", "", "", "", "", "", "")
-    parts.append(models)
+    parts.append(("models", models))
 
     hw = doc["hardware"]
     disk = hw["disk"]
@@ -111,7 +177,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
         )
     if not doc["gpus"]:
         hardware += "\ngpu     none found (models run on the CPU)"
-    parts.append(Text(hardware))
+    parts.append(("hardware", Text(hardware)))
 
     box = doc["outbox"]
     counts = ", ".join(f"{n} {state}" for state, n in box["counts"].items())
@@ -132,7 +198,7 @@ def render(doc: dict[str, Any]) -> RenderableType:
             f"\nbudget  ${budget['spent_today_usd']:.4f} of ${budget['daily_usd']:.2f} today "
             f"(resets {budget['resets_at']})"
         )
-    parts.append(Text(outbox))
+    parts.append(("outbox", Text(outbox)))
 
     if doc["uplinks"]:
         uplinks = _table("uplinks", "name", "kind", "state", "last ok", "last error", "seen")
@@ -146,13 +212,13 @@ def render(doc: dict[str, Any]) -> RenderableType:
                 u["last_error"] or "",
                 u["source"],
             )
-        parts.append(uplinks)
+        parts.append(("uplinks", uplinks))
     else:
-        parts.append(Text("uplinks none configured (everything stays on the box)"))
+        parts.append(("uplinks", Text("uplinks none configured (everything stays on the box)")))
 
     if doc["errors"]:
         errors = _table("last errors", "when", "where", "what")
         for e in doc["errors"]:
             errors.add_row(e["at"] or "now", e["source"], e["message"])
-        parts.append(errors)
-    return Group(*parts)
+        parts.append(("errors", errors))
+    return parts
