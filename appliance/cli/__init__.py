@@ -6,6 +6,7 @@ import sys
 import traceback
 
 from appliance.cli import (
+    audit,
     bundle,
     daemon,
     distill,
@@ -41,6 +42,7 @@ offline.relay_app.command("process")(offline.relay_process)
 app.command("identity")(offline.identity)
 app.command("doctor")(doctor.doctor)
 app.command("status")(status_cli.status)
+app.command("audit")(audit.audit)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)
