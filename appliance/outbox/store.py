@@ -57,6 +57,8 @@ from appliance.state import ThreadConnections, write_transaction
 
 _IN_CHUNK = 500  # ids per "IN (...)" lookup, well under SQLite's variable limit
 _GOLDEN_PAGE = 256  # rows per read while iterating golden(): no read transaction stays open
+MIN_ID_PREFIX = 4  # characters of an id that `resolve` needs
+AMBIGUOUS_SHOWN = 5  # ids an ambiguous prefix error lists
 
 
 class Outbox:
@@ -193,6 +195,44 @@ class Outbox:
         row = self._conn().execute(f"SELECT {rows.ITEMS} FROM outbox WHERE id = ?", (id,))
         found = row.fetchone()
         return None if found is None else rows.item_from_row(found)
+
+    def resolve(self, prefix: str) -> str:
+        """The one item id that is `prefix` or starts with it (as git takes a short hash)."""
+        if self.get(prefix) is not None:
+            return prefix
+        if len(prefix) < MIN_ID_PREFIX:
+            raise OutboxError(
+                f"no outbox item {prefix}; give at least {MIN_ID_PREFIX} characters of an id"
+            )
+        # the ids starting with prefix, as a range of the primary key's index
+        upper = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
+        found = [
+            r[0]
+            for r in self._conn().execute(
+                "SELECT id FROM outbox WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+                (prefix, upper, AMBIGUOUS_SHOWN + 1),
+            )
+        ]
+        if not found:
+            raise OutboxError(f"no outbox item has an id starting with {prefix}")
+        if len(found) > 1:
+            shown = ", ".join(found[:AMBIGUOUS_SHOWN])
+            more = ", …" if len(found) > AMBIGUOUS_SHOWN else ""
+            raise OutboxError(f"id prefix {prefix} is ambiguous: {shown}{more}; give more of it")
+        return str(found[0])
+
+    def golden_count(self, upstreams: Collection[str]) -> int:
+        """Done items whose answer came from one of `upstreams` (the trainable ones)."""
+        names = sorted(set(upstreams))
+        if not names:
+            return 0
+        marks = ", ".join("?" for _ in names)
+        row = self._conn().execute(
+            "SELECT COUNT(*) FROM outbox o JOIN outbox_results r ON r.id = o.id "
+            f"WHERE o.state = 'done' AND r.upstream IN ({marks})",
+            names,
+        )
+        return int(row.fetchone()[0])
 
     def list(self, state: str | None = None, limit: int = 100) -> builtins.list[OutboxItem]:
         """Items, newest first; only those in `state` when given.
@@ -394,12 +434,16 @@ class Outbox:
             raise OutboxError(f"no outbox item {id}")
         return item
 
-    def purge(self, states: Collection[str] = FINISHED_STATES) -> int:
+    def purge(
+        self, states: Collection[str] = FINISHED_STATES, keep_golden: Collection[str] = ()
+    ) -> int:
         """Delete finished items (and their results) in `states`; returns how many went.
 
         Only done, failed and expired can be purged: a queued item is a promise to the device.
         What the purged answers cost stays counted by :meth:`spent_since`; purged done items
-        are no longer in :meth:`golden`, so export distillation data first.
+        are no longer in :meth:`golden`, so export distillation data first. Done items whose
+        answer came from an upstream named in `keep_golden` (golden answers still wanted for
+        training) stay.
         """
         wanted = sorted(set(states))
         _check_states(wanted)
@@ -412,9 +456,18 @@ class Outbox:
         if not wanted:
             return 0
         marks = ", ".join("?" for _ in wanted)
+        kept = sorted(set(keep_golden))
+        spare = ""
+        if kept:
+            spare = (
+                " AND NOT (state = 'done' AND id IN (SELECT id FROM outbox_results "
+                f"WHERE upstream IN ({', '.join('?' for _ in kept)})))"
+            )
         with write_transaction(self._db()) as conn:
             # Results go with their items (ON DELETE CASCADE).
-            deleted = conn.execute(f"DELETE FROM outbox WHERE state IN ({marks})", wanted)
+            deleted = conn.execute(
+                f"DELETE FROM outbox WHERE state IN ({marks}){spare}", [*wanted, *kept]
+            )
             return int(deleted.rowcount)
 
 
