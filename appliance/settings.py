@@ -7,10 +7,11 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from appliance.errors import ConfigError
 
@@ -111,12 +112,32 @@ class OfflineSettings(_Strict):
 
 
 class TcoSettings(_Strict):
-    """What running the box costs, for ``appliance report tco`` (0 = not counted)."""
+    """What running the box costs, for ``appliance report tco`` (0 = not counted).
+
+    The hardware is counted one of two ways, never both: its purchase price
+    (``hardware_price_usd``, CAPEX, spread over ``amortisation_years`` by calendar day, used
+    or not: the break-even date) or a cost per hour of model time (``hardware_usd_per_hour``,
+    charged per busy second in the ledger, as for rented hardware).
+    """
 
     hardware_usd_per_hour: float = Field(default=0.0, ge=0)  # amortised purchase and upkeep
     power_watts: float = Field(default=0.0, ge=0)  # the box's draw under load, GPU excluded
     electricity_usd_per_kwh: float = Field(default=0.15, ge=0)  # USD per kWh
     gpu_power: bool = True  # add the GPUs' draw from nvidia-smi, when there is one
+    hardware_price_usd: float = Field(default=0.0, ge=0)  # USD: what the box cost to buy
+    amortisation_years: float = Field(default=3.0, gt=0, le=50)  # years the price is spread over
+    in_service: date | None = None  # the first day it served; None: the ledger's first day
+    ops_usd_per_month: float = Field(default=0.0, ge=0)  # USD a month: support, space, idle draw
+
+    @model_validator(mode="after")
+    def _hardware_counted_once(self) -> TcoSettings:
+        if self.hardware_price_usd > 0 and self.hardware_usd_per_hour > 0:
+            raise ValueError(
+                "give hardware_price_usd (the purchase, spread over amortisation_years) or "
+                "hardware_usd_per_hour (per hour of model time), not both: the hardware "
+                "would be counted twice"
+            )
+        return self
 
 
 class BundleLimits(_Strict):
