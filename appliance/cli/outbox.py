@@ -6,6 +6,7 @@ box. `show` lists the placeholder names only.
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from typing import Any
 
@@ -13,6 +14,7 @@ import typer
 from rich.table import Table
 
 from appliance.cli.common import JSON_OPTION, console, home, print_json
+from appliance.errors import UsageError
 from appliance.outbox import Outbox, OutboxError
 from appliance.outbox.model import FINISHED_STATES
 from appliance.settings import load_settings
@@ -37,6 +39,12 @@ class FinishedChoice(StrEnum):
 def _open() -> Outbox:
     h = home()
     return Outbox(h, load_settings(h.config_file).outbox)
+
+
+def _trainable() -> list[str]:
+    """The upstreams whose answers `distill export` takes (``trainable = true``)."""
+    h = home()
+    return [u.name for u in load_settings(h.config_file).upstreams if u.trainable]
 
 
 @app.command("list")
@@ -79,11 +87,14 @@ def list_items(
 
 @app.command("show")
 def show(
-    item_id: str = typer.Argument(..., metavar="ID", help="The escalation id."),
+    item_id: str = typer.Argument(
+        ..., metavar="ID", help="The escalation id, or a unique prefix of it (4+ characters)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one item, its answer if any, and its placeholder names (never their values)."""
     with _open() as outbox:
+        item_id = outbox.resolve(item_id)
         item = outbox.get(item_id)
         if item is None:
             raise OutboxError(f"no outbox item {item_id}")
@@ -122,12 +133,14 @@ def show(
 
 @app.command("retry")
 def retry(
-    item_id: str = typer.Argument(..., metavar="ID", help="The escalation id."),
+    item_id: str = typer.Argument(
+        ..., metavar="ID", help="The escalation id, or a unique prefix of it (4+ characters)."
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Queue a failed or expired item again, now, with a fresh TTL."""
     with _open() as outbox:
-        item = outbox.retry(item_id)
+        item = outbox.retry(outbox.resolve(item_id))
     if as_json:
         print_json(item.to_json())
         return
@@ -139,13 +152,46 @@ def purge(
     states: list[FinishedChoice] | None = typer.Option(
         None, "--state", help="Purge this state (repeatable); default: done, failed, expired."
     ),
+    include_golden: bool = typer.Option(
+        False,
+        "--include-golden",
+        help="Also delete done items whose answers distillation wants (trainable upstreams).",
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; needed without a TTY."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Delete finished items (and their answers) to reclaim disk."""
-    chosen = [s.value for s in states] if states else list(FINISHED_STATES)
+    """Delete finished items (and their answers) to reclaim disk; golden answers stay.
+
+    Done items answered by a trainable upstream are what `appliance distill export` turns
+    into training data: they are kept unless --include-golden. Asks first on a terminal;
+    elsewhere refuses without --yes (exit 2).
+    """
+    chosen = sorted({s.value for s in states} if states else set(FINISHED_STATES))
+    keep = [] if include_golden else _trainable()
     with _open() as outbox:
-        purged = outbox.purge(chosen)
+        counts = outbox.counts()
+        golden = outbox.golden_count(keep) if "done" in chosen else 0
+        doomed = sum(counts[s] for s in chosen) - golden
+        if doomed and not yes:
+            _confirm(doomed, chosen, golden)
+        purged = outbox.purge(chosen, keep_golden=keep) if doomed else 0
     if as_json:
-        print_json({"purged": purged, "states": sorted(set(chosen))})
+        print_json({"purged": purged, "states": chosen, "kept_golden": golden})
         return
-    console.print(f"purged {purged} item(s) ({', '.join(sorted(set(chosen)))})", markup=False)
+    line = f"purged {purged} item(s) ({', '.join(chosen)})"
+    if golden:
+        line += (
+            f"; kept {golden} done item(s) with golden answers for distillation "
+            "(appliance distill export first, then purge --include-golden)"
+        )
+    console.print(line, markup=False)
+
+
+def _confirm(doomed: int, states: list[str], golden: int) -> None:
+    question = f"delete {doomed} outbox item(s) ({', '.join(states)}) and their answers"
+    if golden:
+        question += f", keeping {golden} with golden answers"
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question}? refused: no terminal to ask on; add --yes")
+    if not typer.confirm(f"{question}?", default=False, err=True):
+        raise OutboxError("nothing purged")
