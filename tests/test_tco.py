@@ -180,7 +180,12 @@ def test_since_keeps_only_the_later_rows(home: Home, capsys):
 
 
 def test_an_empty_ledger_and_the_json_shape(home: Home, capsys):
-    r = _report(capsys)
+    r = _report(capsys, "--as-of", "2030-05-01")
+    capex = r.pop("capex")
+    assert capex["in_service"] == capex["as_of"] == "2030-05-01"  # no ledger: the report's day
+    assert capex["days_in_service"] == 1 and capex["local_tokens"] == 0
+    assert capex["local_cost_per_mtok_usd"] is None and capex["upstreams"] == []
+    assert capex["extrapolation"] == "no tokens served on the box yet: nothing to extrapolate"
     assert r == {
         "since": None,
         "requests": {"local": 0, "queued": 0, "escalated": 0, "refused": 0},
