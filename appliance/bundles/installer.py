@@ -84,6 +84,12 @@ class BundleManager:
         with self._locked():
             pass
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the installer lock (after recovery) for an operation of another module."""
+        with self._locked():
+            yield
+
     def _recover(self) -> None:
         """Remove what an interrupted install left: staging folders and unrecorded versions."""
         trust.recover(self.home, lambda d: records.by_digest(self.db, d) is not None)
@@ -254,8 +260,10 @@ class BundleManager:
                 records.record_install(conn, verified)
                 if manifest.kind == "revocation":
                     records.record_revocation(conn, verified)
+                switched = None
                 if make_active:
-                    records.set_active(conn, manifest.name, manifest.version)
+                    previous = records.set_active(conn, manifest.name, manifest.version)
+                    switched = records.switched_from(previous)
                 records.record_event(
                     conn,
                     "install",
@@ -263,6 +271,7 @@ class BundleManager:
                     name=manifest.name,
                     version=manifest.version,
                     digest=verified.digest,
+                    reason=switched,
                 )
         except BaseException:
             if prepared is not None and records.by_digest(self.db, verified.digest) is None:
@@ -328,11 +337,55 @@ class BundleManager:
                 raise BundleNotFoundError(f"{name} {version} is not installed")
             self._check_activatable(bundle)
             with write_transaction(self.db) as conn:
-                records.set_active(conn, name, version)
+                previous = records.set_active(conn, name, version)
                 records.record_event(
-                    conn, "activate", "accepted", name=name, version=version, digest=bundle.digest
+                    conn,
+                    "activate",
+                    "accepted",
+                    name=name,
+                    version=version,
+                    digest=bundle.digest,
+                    reason=records.switched_from(previous),
                 )
             return self._installed(name, version)
+
+    def undo(self, name: str) -> records.InstalledBundle:
+        """Re-activate the version that was active before the last activation of `name`
+        (by install, activate, rollback or undo), whatever its sequence; floors stay put."""
+        with self._locked():
+            current = records.active(self.db, name)
+            if current is None:
+                raise BundleNotFoundError(f"no version of {name} is active")
+            last = records.last_switch(self.db, name)
+            if last is None or last[0] != current.version:
+                raise BundleNotFoundError(
+                    f"no record of what was active before {name} {current.version}; "
+                    f"pick a version: appliance bundle activate {name} VERSION"
+                )
+            previous = last[1]
+            if previous == records.NOTHING:
+                raise BundleNotFoundError(
+                    f"{name} {current.version} was the first active version of {name}; "
+                    "there is nothing to go back to"
+                )
+            bundle = records.get(self.db, name, previous)
+            if bundle is None:
+                raise BundleNotFoundError(
+                    f"{name} {previous}, active before {current.version}, is no longer installed"
+                )
+            self._check_activatable(bundle)
+            with write_transaction(self.db) as conn:
+                records.set_active(conn, name, previous)
+                records.record_event(
+                    conn,
+                    "rollback",
+                    "accepted",
+                    name=name,
+                    version=previous,
+                    digest=bundle.digest,
+                    reason=records.switched_from(current.version),
+                )
+            return self._installed(name, previous)
 
     def rollback(self, name: str) -> records.InstalledBundle:
         """Re-activate the installed version just below the active one; floors stay put."""
@@ -351,7 +404,7 @@ class BundleManager:
                 except BundleError:
                     continue
                 with write_transaction(self.db) as conn:
-                    records.set_active(conn, name, candidate.version)
+                    previous = records.set_active(conn, name, candidate.version)
                     records.record_event(
                         conn,
                         "rollback",
@@ -359,6 +412,7 @@ class BundleManager:
                         name=name,
                         version=candidate.version,
                         digest=candidate.digest,
+                        reason=records.switched_from(previous),
                     )
                 return self._installed(name, candidate.version)
             raise BundleNotFoundError(

@@ -136,13 +136,43 @@ def record_install(conn: sqlite3.Connection, verified: VerifiedManifest) -> None
     )
 
 
-def set_active(conn: sqlite3.Connection, name: str, version: str) -> None:
+SWITCHED_FROM = "switched from "  # an activation event's reason: the version active before it
+NOTHING = "nothing"  # ... when none was
+
+
+def switched_from(previous: str | None) -> str:
+    return SWITCHED_FROM + (previous or NOTHING)
+
+
+def set_active(conn: sqlite3.Connection, name: str, version: str) -> str | None:
+    """Make `version` the active one of `name`; returns the version active before, if any."""
+    row = conn.execute("SELECT version FROM active_bundles WHERE name = ?", (name,)).fetchone()
     conn.execute(
         "INSERT INTO active_bundles (name, version, activated_at) VALUES (?, ?, ?) "
         "ON CONFLICT (name) DO UPDATE SET version = excluded.version, "
         "activated_at = excluded.activated_at",
         (name, version, utc_now()),
     )
+    return None if row is None else str(row[0])
+
+
+def last_switch(db: sqlite_utils.Database, name: str) -> tuple[str, str] | None:
+    """(version switched to, version switched from) of `name`'s latest recorded activation
+    (install, activate, rollback); None before any was recorded with what it replaced."""
+    row = db.execute(
+        "SELECT version, reason FROM bundle_events WHERE name = ? AND outcome = 'accepted' "
+        "AND action IN ('install', 'activate', 'rollback') AND reason LIKE ? "
+        "ORDER BY id DESC LIMIT 1",
+        (name, SWITCHED_FROM + "%"),
+    ).fetchone()
+    if row is None:
+        return None
+    return str(row[0]), str(row[1]).removeprefix(SWITCHED_FROM)
+
+
+def delete(conn: sqlite3.Connection, name: str, version: str) -> None:
+    """Forget an installed, inactive version (its floor stays: it cannot come back)."""
+    conn.execute("DELETE FROM bundles WHERE name = ? AND version = ?", (name, version))
 
 
 def record_revocation(conn: sqlite3.Connection, verified: VerifiedManifest) -> list[str]:

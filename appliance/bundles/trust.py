@@ -82,6 +82,24 @@ def write_policy(home: Home, threshold: int) -> None:
     os.replace(tmp, home.trust_policy_file)
 
 
+def set_threshold(home: Home, threshold: int, revoked: frozenset[str] = frozenset()) -> int:
+    """Require `threshold` signatures from now on; returns the previous threshold.
+
+    Refused when fewer usable (unrevoked) keys are trusted: nothing could install then.
+    """
+    store = load_store(home)
+    usable = len(set(store.keys) - revoked)
+    if threshold < 1:
+        raise TrustError("the threshold must be at least 1")
+    if threshold > usable:
+        raise TrustError(
+            f"threshold {threshold} needs {threshold} usable trusted keys, and {usable} are "
+            "trusted; add keys first (appliance trust add FILE)"
+        )
+    write_policy(home, threshold)
+    return store.threshold
+
+
 def add_key(home: Home, pubfile: Path, revoked: frozenset[str] = frozenset()) -> PublicKey:
     """Copy a publisher's public key into the store; refuse revoked or conflicting keys."""
     key = load_public_key(pubfile)

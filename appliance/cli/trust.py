@@ -65,3 +65,18 @@ def remove(keyid: str = typer.Argument(..., help="Key id (or a unique prefix of 
     """Stop trusting a key."""
     key = trust_store.remove_key(home().ensure(), keyid, _revoked())
     console.print(f"removed {key.name}  {key.keyid}")
+
+
+@app.command("threshold")
+def threshold(
+    count: int = typer.Argument(..., min=1, help="Signatures from distinct trusted keys needed."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Set how many distinct trusted keys must sign a bundle (k of n)."""
+    h = home().ensure()
+    previous = trust_store.set_threshold(h, count, _revoked())
+    keys = len(trust_store.load_store(h).keys)
+    if as_json:
+        print_json({"threshold": count, "previous": previous, "keys": keys})
+        return
+    console.print(f"threshold now {count} of {keys} trusted key(s) (was {previous})")
