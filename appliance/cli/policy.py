@@ -8,11 +8,13 @@ from typing import Any
 
 import typer
 
+from appliance import policy_upstreams
 from appliance.cli.common import JSON_OPTION, console, home, print_json
 from appliance.governance import router
 from appliance.governance.active import LoadedPolicy, find_source, load
 from appliance.governance.classify import classify
 from appliance.pii.analyzer import default_analyzer
+from appliance.policy.schema import DEPRECATED_PRICE_KEYS
 from appliance.policy_source import PolicySource
 from appliance.settings import load_settings
 
@@ -52,6 +54,18 @@ def _outcomes(loaded: LoadedPolicy, plan: router.Plan) -> dict[str, Any]:
     }
 
 
+def _warnings(loaded: LoadedPolicy, configured: list[str]) -> list[str]:
+    """What in the policy does not meet this box: upstream names config.toml lacks, prices
+    for them, and keys spelled the old way."""
+    policy = loaded.policy
+    found = policy_upstreams.check(policy.upstreams, policy.prices, configured).warnings()
+    found += [
+        f"{key} is an old spelling; write {DEPRECATED_PRICE_KEYS[key.rsplit('.', 1)[1]]}"
+        for key in policy.deprecated_keys
+    ]
+    return found
+
+
 @app.command("check")
 def check(
     policy_file: Path = typer.Option(
@@ -88,6 +102,7 @@ def check(
         "reasons": list(plan.reasons),
         "egress_text": egress.texts[0] if egress is not None else None,
         "placeholders": dict(egress.mapping) if egress is not None else {},
+        "warnings": _warnings(loaded, [u.name for u in settings.upstreams]),
     }
     if as_json:
         print_json(document)
@@ -119,6 +134,8 @@ def check(
     )
     for reason in plan.reasons:
         out.print(f"  because    {reason}", markup=False)
+    for warning in document["warnings"]:
+        out.print(f"warning      {warning}", markup=False)
     if egress is None:
         out.print("egress text  (none: this request never leaves the box)", markup=False)
     else:

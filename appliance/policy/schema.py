@@ -17,6 +17,7 @@ Every default is the safe one: a class that names no egress never leaves the box
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from difflib import get_close_matches
@@ -24,6 +25,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -56,6 +58,8 @@ _POLICY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _CLASS_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # as config.toml's [[upstreams]] name
 _BUNDLE_NAME = re.compile(BUNDLE_NAME_PATTERN)
+_log = logging.getLogger("appliance.policy")
+_WARNED: set[tuple[str, str]] = set()  # (policy name, key) already warned about
 
 
 def egress_rank(egress: str) -> int:
@@ -232,10 +236,55 @@ class PrecheckSettings(_Strict):
 
 
 class UpstreamPrice(_Strict):
-    """USD per million tokens for one upstream; an absent price keeps config.toml's."""
+    """USD per million tokens for one upstream; an absent price keeps config.toml's.
 
-    input_per_mtok: float | None = Field(default=None, ge=0)  # USD per million input tokens
-    output_per_mtok: float | None = Field(default=None, ge=0)  # USD per million output tokens
+    The file spells the keys as config.toml's ``[[upstreams]]`` do, ``price_input_per_mtok``
+    and ``price_output_per_mtok``; the older ``input_per_mtok`` and ``output_per_mtok`` still
+    load (``deprecated`` names them, and the policy logs a warning once).
+    """
+
+    # USD per million input / output tokens. The Python names are the old keys; the file's
+    # are the aliases, and either loads (an error names the key as the file spells it).
+    input_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        alias="price_input_per_mtok",
+        validation_alias=AliasChoices("price_input_per_mtok", "input_per_mtok"),
+    )
+    output_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        alias="price_output_per_mtok",
+        validation_alias=AliasChoices("price_output_per_mtok", "output_per_mtok"),
+    )
+
+    _deprecated: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _old_spelling(cls, data: Any, handler: Any) -> UpstreamPrice:
+        old = [key for key in DEPRECATED_PRICE_KEYS if isinstance(data, dict) and key in data]
+        for key in old:
+            if DEPRECATED_PRICE_KEYS[key] in data:
+                raise ValueError(
+                    f"{key} and {DEPRECATED_PRICE_KEYS[key]} both given; "
+                    f"keep only {DEPRECATED_PRICE_KEYS[key]}"
+                )
+        price: UpstreamPrice = handler(data)
+        price._deprecated = tuple(old)
+        return price
+
+    @property
+    def deprecated(self) -> tuple[str, ...]:
+        """The old key spellings this entry used (``input_per_mtok``, ``output_per_mtok``)."""
+        return self._deprecated
+
+
+# the policy's old spelling of a price key -> the one config.toml's [[upstreams]] use too
+DEPRECATED_PRICE_KEYS = {
+    "input_per_mtok": "price_input_per_mtok",
+    "output_per_mtok": "price_output_per_mtok",
+}
 
 
 class Budgets(_Strict):
@@ -300,6 +349,31 @@ class Policy(_Strict):
     @classmethod
     def _upstreams_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return _no_repeats(value)
+
+    @model_validator(mode="after")
+    def _warn_old_spellings(self) -> Policy:
+        # Once per process and key: the daemon reads the policy again every few seconds.
+        for key in self.deprecated_keys:
+            if (self.name, key) not in _WARNED:
+                _WARNED.add((self.name, key))
+                old = key.rsplit(".", 1)[1]
+                _log.warning(
+                    "policy %s: %s is an old spelling; write %s (it still loads)",
+                    self.name,
+                    key,
+                    DEPRECATED_PRICE_KEYS[old],
+                )
+        return self
+
+    @property
+    def deprecated_keys(self) -> tuple[str, ...]:
+        """Keys spelled the old way, e.g. ``prices.NAME.input_per_mtok``: they load, but
+        ``appliance policy check`` says to write them as config.toml does."""
+        return tuple(
+            f"prices.{name}.{key}"
+            for name, price in self.prices.items()
+            for key in price.deprecated
+        )
 
     @model_validator(mode="after")
     def _build_indexes(self) -> Policy:

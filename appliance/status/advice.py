@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from appliance import policy_upstreams
 from appliance.settings import Settings
 
 GiB = 1024**3
@@ -52,6 +53,10 @@ def problems(document: dict[str, Any], settings: Settings) -> list[dict[str, str
     found += _model_problems(document)
     found += _hardware_problems(document)
     found += _outbox_problems(document)
+    names = document.get("policy_upstreams")
+    if names and names["escalation_off"]:
+        check = policy_upstreams.check(names["listed"], (), names["configured"])
+        found.append(_problem(check.escalation_off_message(), check.fix()))
     for error in document["errors"]:
         if error["source"] == "policy":
             found.append(

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance import __version__
+from appliance import __version__, policy_upstreams
 from appliance.clock import format_timestamp, utc_now_dt
 from appliance.forward import uplinks
 from appliance.home import Home
@@ -117,6 +117,7 @@ def build(
         document["sync"], document["budget"], document["policy"] = _sync_and_budget(
             conn, live, policy, now, document, errors
         )
+        document["policy_upstreams"] = _policy_upstreams(home, settings)
         document["errors"] = _errors(conn, document, errors)
     finally:
         if conn is not None:
@@ -248,6 +249,23 @@ def _uplinks(
             )
         found.append(entry)
     return found
+
+
+def _policy_upstreams(home: Home, settings: Settings) -> dict[str, Any] | None:
+    """The policy's upstream names against config.toml's (``appliance.policy_upstreams``);
+    None when the policy cannot be read (the policy error is reported on its own)."""
+    try:
+        names = policy_upstreams.peek(
+            home, settings.policy_file, [u.name for u in settings.upstreams]
+        )
+    except Exception:
+        return None
+    return {
+        "listed": list(names.listed),
+        "configured": list(names.configured),
+        "missing": list(names.missing),
+        "escalation_off": names.escalation_off,
+    }
 
 
 def _sync_and_budget(
