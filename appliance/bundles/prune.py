@@ -107,6 +107,8 @@ def candidates(
     all but the newest `keep` of them (left for rollback), and none that must stay."""
     chosen = []
     bundles = records.query(manager.db, "WHERE b.name = ?", (name,)) if name else manager.list()
+    if name is not None and not bundles:
+        raise BundleNotFoundError(f"no version of {name} is installed")
     for each in sorted({b.name for b in bundles}):
         versions = [b for b in bundles if b.name == each]
         active = next((b for b in versions if b.active), None)
@@ -123,7 +125,5 @@ def candidates(
 
 def prune(manager: BundleManager, name: str | None, keep: int) -> list[Removed]:
     """Remove the old versions (see ``candidates``), each atomically."""
-    if name is not None and not records.query(manager.db, "WHERE b.name = ?", (name,)):
-        raise BundleNotFoundError(f"no version of {name} is installed")
     with manager.locked():
         return [_remove_locked(manager, b) for b in candidates(manager, name, keep)]
