@@ -21,6 +21,7 @@ from appliance.cli import (
     trust,
 )
 from appliance.cli.common import app, err_console
+from appliance.cli.plan import plan as plan_command
 from appliance.errors import ApplianceError
 from appliance.status import cli as status_cli
 
@@ -46,6 +47,7 @@ app.command("audit")(audit.audit)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)
+app.command("plan")(plan_command)
 
 
 def main(argv: list[str] | None = None) -> int:

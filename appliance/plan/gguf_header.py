@@ -78,7 +78,7 @@ class GgufFile:
 def tensor_nbytes(type_name: str, n_elements: int) -> int:
     """Bytes of `n_elements` values of ggml type `type_name` (whole blocks)."""
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
-    return (n_elements + block - 1) // block * size
+    return int((n_elements + block - 1) // block * size)
 
 
 def _scalar_format(kind: int) -> str:

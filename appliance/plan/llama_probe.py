@@ -108,7 +108,9 @@ def probe(path: Path, contexts: list[ContextShape], n_gpu_layers: int = 0) -> Pr
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     except subprocess.TimeoutExpired as e:
-        raise ModelError(f"llama.cpp's trial load of {path.name} took over {e.timeout:.0f} s") from e
+        raise ModelError(
+            f"llama.cpp's trial load of {path.name} took over {e.timeout:.0f} s"
+        ) from e
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
         raise ModelError(f"llama.cpp's trial load of {path.name} failed: {last}")
@@ -145,7 +147,9 @@ def parse_log(lines: list[str], weights_bytes: int, n_params: int) -> ProbeResul
         elif m := _OUTPUT.search(line):
             result.output_bytes[m[1]] = result.output_bytes.get(m[1], 0) + round(float(m[2]) * MIB)
         elif m := _COMPUTE.search(line):
-            result.compute_bytes[m[1]] = result.compute_bytes.get(m[1], 0) + round(float(m[2]) * MIB)
+            result.compute_bytes[m[1]] = result.compute_bytes.get(m[1], 0) + round(
+                float(m[2]) * MIB
+            )
         elif m := _LAYER.search(line):
             result.layer_devices[int(m[1])] = m[2]
             if m[3] == "1":
@@ -153,7 +157,16 @@ def parse_log(lines: list[str], weights_bytes: int, n_params: int) -> ProbeResul
     return result
 
 
-_GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+_GGML_TYPES = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "bf16": 30,
+}
 
 
 def _run(request: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover - in the child
