@@ -298,8 +298,9 @@ def test_the_console_script_takes_the_fast_path_for_status(home: Home, capsys):
     assert _entry.main(["status", "--bogus"]) == 2  # usage error
     assert "--bogus" in capsys.readouterr().err
     home.config_file.write_text("[server]\nport = 'x'\n")
-    assert _entry.main(["status"]) == 1
-    assert "config.toml" in capsys.readouterr().err
+    # an invalid config.toml is the screen's first finding, not the end of it (issue 19)
+    assert _entry.main(["status", "--url", url]) == 2
+    assert "config.toml is invalid" in capsys.readouterr().out
     assert _entry.main(["--version"]) == 0  # everything else: the full CLI
     assert "appliance" in capsys.readouterr().out
 

@@ -66,7 +66,8 @@ class Fitted:
             name: console.render_lines(part, free.update(width=width), pad=False)
             for name, part in self.parts
         }
-        room = max(height - 1, 2)  # the last line says what was left out
+        # a line for what was left out, and one spare: a full window would scroll by one
+        room = max(height - 2, 2)
         kept: set[str] = set()
         cut: dict[str, int] = {}
         for name in URGENCY:
