@@ -18,12 +18,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from appliance import __version__
-from appliance.api import escalations, inference, metrics_route, openai_routes, status_route
+from appliance.api import admin, escalations, inference, metrics_route, openai_routes, status_route
 from appliance.api.context import RequestIdMiddleware
 from appliance.api.errors import install_handlers
 from appliance.api.paths import hide_paths_in
 from appliance.api.ratelog import RateLimitedLog
-from appliance.api.security import GuardMiddleware, is_loopback, require_readiness
+from appliance.api.security import is_loopback, require_readiness
 from appliance.errors import ConfigError
 from appliance.forward.wiring import build as build_forwarding
 from appliance.governance.active import ActivePolicy
@@ -79,8 +79,11 @@ async def _housekeeping(app: FastAPI) -> None:
         await asyncio.sleep(settings.runtime.refresh_interval_s)
         try:
             results = await asyncio.to_thread(_scan_inbox, home, settings)
-            for result in results:
-                log.info("inbox: %s", result.to_json())
+            for result in results:  # the whole result as a field, not a dict inside msg
+                what = f"refused: {result.error}" if result.error else "installed"
+                log.info(
+                    "inbox: %s %s", result.source.name, what, extra={"inbox": result.to_json()}
+                )
             await asyncio.to_thread(models.refresh)
             await asyncio.to_thread(app.state.governor.active.refresh)
             await asyncio.to_thread(app.state.governor.analyzers.refresh)
@@ -159,6 +162,7 @@ def create_app(
     app.include_router(escalations.router)
     app.include_router(status_route.router)
     app.include_router(metrics_route.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -173,7 +177,8 @@ def create_app(
             {"ready": ready, "models": models_state}, status_code=200 if ready else 503
         )
 
-    app.add_middleware(GuardMiddleware, server=settings.server)
+    # Host allow-list and body cap; bundle uploads to /admin/bundles have their own cap
+    app.add_middleware(admin.UploadGuard, server=settings.server)
     app.add_middleware(metrics_route.RequestMetrics)  # outside the guard: refusals count too
     app.add_middleware(RequestIdMiddleware)  # outermost: every line logged has the id
     return app

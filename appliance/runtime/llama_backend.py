@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from appliance import logs
 from appliance.errors import ModelError, ModelLoadError
 from appliance.runtime import logits, templates
 from appliance.runtime.adapters import check_adapter
@@ -80,6 +81,7 @@ def open_llama(spec: ModelSpec, offload: bool, **params: Any) -> Any:
     """
     import llama_cpp
 
+    logs.route_llama_logs()  # llama.cpp's own messages as JSON lines, not bare stderr text
     with VerifiedFiles(spec) as files:
         weights = files.open(spec.weights)
         adapter = files.open(spec.adapter) if spec.adapter is not None else None
