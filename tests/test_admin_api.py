@@ -249,6 +249,14 @@ def test_the_upload_cap_and_the_body_format(box: Box):
         headers=box.admin,
     )
     assert form.status_code == 415 and "--data-binary" in form.json()["error"]["message"]
+    curl = httpx.post(  # what curl --data-binary sends without -H: the file, as it is
+        f"{box.url}/admin/bundles",
+        content=bundle.read_bytes(),
+        params={"activate": "false"},
+        headers={**box.admin, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert curl.status_code == 201, curl.text
+    before.add(("form", "1.0.0", False))
     assert box.installed() == before
     _no_leftovers(box)
 

@@ -18,8 +18,8 @@ the answer that creates it; the outbox shows no messages, answers or placeholder
 | ``GET /admin/tokens`` · ``POST /admin/tokens`` | devices with a token · a new token |
 | ``POST /admin/tokens/{device}/revoke`` | the device's requests are refused from now on |
 
-An uploaded bundle is the request body as it is (``Content-Type: application/octet-stream``,
-``curl --data-binary @FILE``). It is streamed into an unnamed file under
+An uploaded bundle is the request body as it is (``curl --data-binary @FILE``; a form
+upload, ``curl -F``, is refused with 415). It is streamed into an unnamed file under
 ``bundles/.uploads/`` (gone when closed, or if the daemon dies), at most the largest bundle
 the limits allow (``bundles.limits``: 413 beyond), and installed exactly as ``appliance
 bundle install FILE`` installs a file: verified, copied while hashed, renamed into place, one
@@ -62,6 +62,8 @@ UPLOAD_PATH = "/admin/bundles"
 UPLOAD_DIR = ".uploads"  # under bundles/: same filesystem; install recovery skips dot-names
 WRITE_CHUNK_BYTES = 1024 * 1024  # bytes gathered before one write to the upload file
 TAR_BLOCK = 512  # bytes
+# the body is the file as it is: octet-stream, or what curl --data-binary sends by default
+RAW_BODY_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded", "")
 CLOSE = {"Connection": "close"}  # refused before the body was read: do not wait for the rest
 UPLOADED = "the uploaded bundle"  # how messages name the upload (its path means nothing)
 
@@ -175,7 +177,7 @@ async def _receive_upload(request: Request, file: IO[bytes], cap: int) -> int:
 
 def _check_upload_headers(request: Request, cap: int, folder_free: int) -> None:
     kind = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
-    if kind.lower() not in ("application/octet-stream", ""):
+    if kind.lower() not in RAW_BODY_TYPES:
         raise APIError(
             415,
             f"send the bundle file itself as the body, Content-Type: application/octet-stream "
