@@ -88,6 +88,26 @@ def _cell(cell: Cell, context: Context, rules: Rules, split: str | None) -> dict
     return document
 
 
+def _note_class_wide(entries: list[dict[str, Any]], split: str | None) -> None:
+    """A change to a class covers all of its cells: say so where the others advise otherwise."""
+    for entry in entries:
+        advice = entry["recommendation"]
+        if not advice["change"] or f"[classes.{entry['sensitivity']}]" not in advice["change"]:
+            continue
+        others = [
+            f"{o['complexity']}{f' / {o[split]}' if split else ''}: {o['recommendation']['action']}"
+            for o in entries
+            if o is not entry
+            and o["sensitivity"] == entry["sensitivity"]
+            and o["recommendation"]["action"] != advice["action"]
+        ]
+        if others:
+            advice["why"] += (
+                f"; the change covers all of class {entry['sensitivity']}, whose other cells "
+                f"advise otherwise ({', '.join(others)})"
+            )
+
+
 def build(
     home: Home,
     settings: Settings,
@@ -103,6 +123,7 @@ def build(
     trainable = frozenset(u.name for u in settings.upstreams if u.trainable)
     found = cells(governed.read(home.state_db, since), trainable, split)
     entries = [_cell(c, context, rules, split) for c in found]
+    _note_class_wide(entries, split)
     return {
         "since": since,
         "by": split,

@@ -1,9 +1,9 @@
 """What to do with each cell of the workload, and the policy change that does it.
 
-The rules, in order; the first that applies decides (thresholds in ``Rules``, each a CLI
-option of ``appliance audit``):
+The rules, in order; the first that applies decides (thresholds in ``Rules``; the first four
+are options of ``appliance audit``):
 
-1. **gather more**: fewer than ``min_requests`` decided requests: too few to judge.
+1. **gather more**: fewer than ``min_requests`` requests: too few to judge.
 2. **keep local**: at least ``min_pairs`` golden pairs and the local answers agree with the
    upstream's (mean token F1 >= ``agree``): the escalations buy nothing. Change: the class
    stays on the box (``egress = "never"``), unless it escalates ``low_escalation`` or less
@@ -20,10 +20,13 @@ option of ``appliance audit``):
    threshold, which the cascade would escalate):
 
    - a cell whose class may not leave to any configured upstream (``never``, or ``internal``
-     with no internal upstream) with more than ``low_confidence`` of its answers below the
-     threshold: **escalate inside the perimeter**. Change: ``egress = "internal"`` for the
-     class, and where no upstream has ``perimeter = "internal"`` in config.toml, one to add
-     (an on-prem model server);
+     with no internal upstream) and whose confidence is not measured (the cascade measures it
+     only where an escalation could follow, or with ``when_blocked = "refuse"``): **keep
+     local**, no change (nothing says otherwise);
+   - such a cell with more than ``low_confidence`` of its answers below the threshold (those
+     refused for it included): **escalate inside the perimeter**. Change: ``egress =
+     "internal"`` for the class, and where no upstream has ``perimeter = "internal"`` in
+     config.toml, one to add (an on-prem model server);
    - at most ``low_confidence`` below the threshold and an escalation rate of at most
      ``low_escalation``: **keep local**, no change;
    - otherwise **escalate**: the cascade is escalating it; its upstream answers have not come
@@ -46,7 +49,7 @@ ACTIONS = (KEEP_LOCAL, ESCALATE, ESCALATE_INTERNAL, DISTILL, GATHER)
 
 @dataclass(frozen=True)
 class Rules:
-    min_requests: int = 5  # decided requests before a cell is judged
+    min_requests: int = 5  # requests (refused ones too) before a cell is judged
     min_pairs: int = 3  # golden pairs before agreement is trusted
     agree: float = 0.8  # mean token F1 at or above which the local answers agree
     distill_pairs: int = 50  # trainable golden pairs that make a fine-tuning set
@@ -120,10 +123,10 @@ perimeter = "internal"
 
 def recommend(cell: Cell, context: Context, rules: Rules) -> Recommendation:
     """The first of the module's rules that applies to `cell`."""
-    decided, rate = cell.decided, cell.escalation_rate
-    if decided < rules.min_requests:
+    rate = cell.escalation_rate
+    if cell.requests < rules.min_requests:
         return Recommendation(
-            GATHER, f"{decided} decided requests: fewer than {rules.min_requests} to judge", None
+            GATHER, f"{cell.requests} requests: fewer than {rules.min_requests} to judge", None
         )
     agreement = cell.agreement
     measured = cell.pairs >= rules.min_pairs and agreement is not None
@@ -157,6 +160,14 @@ def recommend(cell: Cell, context: Context, rules: Rules) -> Recommendation:
         return Recommendation(ESCALATE, why, None)
     below = cell.below(context.threshold)
     low = below is not None and below > rules.low_confidence
+    if below is None and not context.may_leave(cell.sensitivity):
+        return Recommendation(
+            KEEP_LOCAL,
+            f"class {cell.sensitivity} may not leave, and its local answers' confidence is "
+            "not measured (the cascade measures it where an escalation could follow, or "
+            'with when_blocked = "refuse")',
+            None,
+        )
     if low and not context.may_leave(cell.sensitivity):
         why = (
             f"{_pct(below)} of the local answers are below the threshold "
