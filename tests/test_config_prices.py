@@ -68,7 +68,8 @@ def test_the_old_spelling_loads_the_same_prices_with_one_warning(caplog: pytest.
 
 
 def test_a_price_given_both_ways_is_refused():
-    text = BASE.format(name="both") + "[prices.cloud]\ninput_per_mtok = 1\nprice_input_per_mtok = 2\n"
+    both = "[prices.cloud]\ninput_per_mtok = 1\nprice_input_per_mtok = 2\n"
+    text = BASE.format(name="both") + both
     with pytest.raises(PolicyError, match="input_per_mtok and price_input_per_mtok both given"):
         parse_policy(text, "p.toml")
 
