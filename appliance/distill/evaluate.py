@@ -30,7 +30,7 @@ from appliance.distill.golden import GoldenPair, read_pairs
 from appliance.distill.rundir import RunDir, read_json, write_json
 from appliance.fsutil import sha256_file
 from appliance.governance.agreement import exact_match, token_f1
-from appliance.governance.confidence import confidence
+from appliance.governance.confidence import answer_confidence
 from appliance.home import Home
 from appliance.policy.load import load_policy
 from appliance.policy.schema import Policy
@@ -131,11 +131,7 @@ def answer_all(
             answers.append(
                 Answered(
                     text=generation.result.text,
-                    confidence=confidence(
-                        (e.logprob for e in events if e.token_id >= 0),
-                        cascade.confidence_measure,
-                        cascade.tail_percentile,
-                    ),
+                    confidence=answer_confidence(events, cascade),
                     prompt_tokens=generation.result.prompt_tokens,
                     golden_tokens=golden_tokens,
                     seconds=time.perf_counter() - started,

@@ -43,7 +43,7 @@ from appliance.governance import router
 from appliance.governance.active import ActivePolicy
 from appliance.governance.audit import AuditLog, AuditRecord
 from appliance.governance.classify import Classification, classify
-from appliance.governance.confidence import confidence
+from appliance.governance.confidence import answer_confidence
 from appliance.governance.entities import AnalyzerSlot
 from appliance.governance.escalation import (
     Escalation,
@@ -332,11 +332,7 @@ class Pipeline:
         ran_until = time.perf_counter()  # the local run's end, before any upstream wait
         policy = self.active.policy
         cascade = policy.cascade
-        conf = confidence(  # 5. confidence
-            (e.logprob for e in events if e.token_id >= 0),
-            cascade.confidence_measure,
-            cascade.tail_percentile,
-        )
+        conf = answer_confidence(events, cascade)  # 5. confidence
         uplink = plan.upstream is not None and self.escalator.uplink_up(plan.upstream.name)
         verdict = router.after_local(policy, plan, conf, streamed, uplink)
         outcome = Outcome(

@@ -45,7 +45,7 @@ SCHEMA_VERSION = 1
 Egress = Literal["never", "internal", "redacted", "allowed"]
 # Least to most restrictive: an egress's rank is its index here.
 EGRESS_LEVELS: tuple[Egress, ...] = ("allowed", "redacted", "internal", "never")
-ConfidenceMeasure = Literal["mean", "min", "tail"]
+ConfidenceMeasure = Literal["mean", "min", "tail", "first", "clause"]
 EscalationMode = Literal["sync-if-online", "queue"]
 WhenBlocked = Literal["local", "refuse"]
 OnHard = Literal["cascade", "skip-local"]
@@ -182,6 +182,7 @@ class CascadeSettings(_Strict):
     enabled: bool = True
     confidence_measure: ConfidenceMeasure = "mean"
     tail_percentile: float = Field(default=10.0, gt=0, le=50)  # percent, for "tail"
+    first_tokens: int = Field(default=1, ge=1, le=64)  # k, for "first"
     confidence_threshold: float = Field(default=0.5, ge=0, le=1)  # the local answer stands at/above
     escalation: EscalationMode = "sync-if-online"
     when_blocked: WhenBlocked = "local"  # a low-confidence answer whose query may not leave
