@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 DAYS_PER_YEAR = 365.25
 MIN_DAYS = 7  # days in service before a daily average is extrapolated
+HORIZON_YEARS = 100  # a break-even further away than this is reported as none
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,12 @@ def _upstream(life: Life, price: Price, extrapolate: bool) -> dict[str, Any]:
         )
         return entry
     day_number = math.ceil(life.tco.hardware_price_usd / per_day)  # 1: the first day
+    if day_number > HORIZON_YEARS * DAYS_PER_YEAR:
+        entry["break_even_note"] = (
+            f"not within {HORIZON_YEARS} years at the observed volume "
+            f"(${per_day:,.6f} a day towards ${life.tco.hardware_price_usd:,.2f})"
+        )
+        return entry
     when = life.start + timedelta(day_number - 1)
     entry["break_even"] = when.isoformat()
     entry["break_even_reached"] = when <= life.end
