@@ -46,6 +46,11 @@ class PolicySummary:
     digest: str
     origin: str
     daily_usd: float | None
+    # the cascade's threshold (None: the cascade is off), for the agreement observed at it
+    confidence_threshold: float | None = None
+
+
+DEFAULT_THRESHOLD = 0.5  # policy.schema.CascadeSettings' default (a test holds them equal)
 
 
 def shipped_file(name: str) -> Path:
@@ -103,9 +108,14 @@ def peek(home: Home, policy_file: str) -> PolicySummary:
         raise PolicyError(f"cannot read the policy {source.path} ({source.origin}): {e}") from e
     budgets = data.get("budgets") or {}
     daily = budgets.get("daily_usd") if isinstance(budgets, dict) else None
+    cascade = data.get("cascade") or {}
+    cascade = cascade if isinstance(cascade, dict) else {}
+    threshold = cascade.get("confidence_threshold", DEFAULT_THRESHOLD)
+    on = cascade.get("enabled", True) is not False and isinstance(threshold, int | float)
     return PolicySummary(
         name=str(data.get("name", "?")),
         digest=hashlib.sha256(raw).hexdigest(),
         origin=source.origin,
         daily_usd=float(daily) if isinstance(daily, int | float) else None,
+        confidence_threshold=float(threshold) if on else None,
     )

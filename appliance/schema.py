@@ -253,10 +253,24 @@ UPLINK_STATES: tuple[str, ...] = (
 )""",
 )
 
+# Why an outbox item is a calibration pair (``appliance calibrate``): ``origin`` 'cascade' (the
+# local answer's confidence was below the threshold), 'audit' (a confident local answer sampled
+# at ``audit_rate``, sent upstream only to measure it: never re-hydrated for anyone), NULL
+# (neither: the upstream was asked first, or the item predates this column). The partial index
+# serves ``appliance status``'s look at the audit samples without touching other items.
+OUTBOX_ORIGIN: tuple[str, ...] = (
+    "ALTER TABLE outbox ADD COLUMN origin TEXT "
+    "CHECK (origin IS NULL OR origin IN ('cascade', 'audit'))",
+    "ALTER TABLE outbox ADD COLUMN audit_rate REAL "
+    "CHECK (audit_rate IS NULL OR (audit_rate > 0 AND audit_rate <= 1))",
+    "CREATE INDEX IF NOT EXISTS outbox_audit ON outbox (confidence) WHERE origin = 'audit'",
+)
+
 # version N is reached by running MIGRATIONS[N - 1]; never edit one that has shipped
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     BUNDLES,
     (*DEVICE_TOKENS, *AUDIT, *LEDGER, *OUTBOX, *OFFLINE, *UPLINK_STATES),
+    OUTBOX_ORIGIN,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -32,7 +32,7 @@ def test_only_the_schema_module_creates_tables():
 def test_a_new_state_db_has_every_table_at_the_current_version(home: Home):
     open_state(home).close()
     with sqlite3.connect(home.state_db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
     names = _objects(home.state_db)
     for table in (
         "bundles",
@@ -59,9 +59,34 @@ def test_a_version_1_box_is_migrated_keeping_its_rows(home: Home):
         conn.execute("PRAGMA user_version = 1")
     open_state(home).close()
     with sqlite3.connect(home.state_db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
         assert conn.execute("SELECT device FROM device_tokens").fetchall() == [("cam-1",)]
     assert {"outbox", "audit", "tco_ledger"} <= _objects(home.state_db)
+
+
+def test_a_version_2_box_gains_the_calibration_columns_keeping_its_outbox(home: Home):
+    with sqlite3.connect(home.state_db) as conn:  # a box before audit sampling
+        for statements in schema.MIGRATIONS[:2]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 2")
+        conn.execute(
+            "INSERT INTO outbox (id, created_at, priority, expires_at, upstream, endpoint, "
+            "messages, params, model, sensitivity, reasons, local_answer, confidence, "
+            "mapping_sealed, state, next_attempt_at, size_bytes) VALUES ('e-1', 't', 0, 't', "
+            "'cloud', 'chat', '[]', '{}', 'm', 'public', '[]', 'Paris', 0.4, x'00', 'done', "
+            "'t', 1)"
+        )
+    open_state(home).close()
+    with sqlite3.connect(home.state_db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        row = conn.execute("SELECT id, local_answer, origin, audit_rate FROM outbox").fetchall()
+        assert row == [("e-1", "Paris", None, None)]  # not a calibration pair: origin unknown
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE outbox SET origin = 'guess'")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("UPDATE outbox SET audit_rate = 0")
+    assert "outbox_audit" in _objects(home.state_db)
 
 
 def test_a_state_db_from_a_newer_appliance_is_refused(home: Home):

@@ -11,7 +11,8 @@ was billed would be sent and billed again). It runs on; when it is over, its ans
 stored (the device fetches it by id), or its failure hands the item back to the drain with a
 backoff. If the process dies meanwhile, the lease runs out and the drain sends it once more.
 
-``enqueue`` only stores an item (queued), for the drain to send.
+``enqueue`` only stores an item (queued), for the drain to send; an audit sample (a confident
+answer sent only to measure it, ``calibrate.sampling``) only while the daily budget lasts.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class OutboxEscalator:
         return self.engine.monitor.is_up(upstream)
 
     async def enqueue(self, item: Escalation) -> None:
+        if item.origin == "audit":  # a measurement, not a promise: none once the budget is spent
+            reason = await asyncio.to_thread(self.engine.budget_reason)
+            if reason is not None:
+                raise EscalationUnavailable(reason)
         try:
             await asyncio.to_thread(self.engine.outbox.enqueue, item)
         except OutboxError as e:  # full, with when_full = "reject"

@@ -34,8 +34,13 @@ class LoadedPolicy:
     digest: str
 
     def summary(self) -> PolicySummary:
+        cascade = self.policy.cascade
         return PolicySummary(
-            self.policy.name, self.digest, self.source.origin, self.policy.budgets.daily_usd
+            self.policy.name,
+            self.digest,
+            self.source.origin,
+            self.policy.budgets.daily_usd,
+            cascade.confidence_threshold if cascade.enabled else None,
         )
 
     @property

@@ -64,6 +64,11 @@ class Escalation:
     local_answer: str | None = None  # what the device got meanwhile (golden-set material)
     confidence: float | None = None
     priority: int = 0  # higher first
+    # for ``appliance calibrate``: "cascade" (sent for its low confidence), "audit" (a
+    # confident answer sampled at `audit_rate` to measure it; the device keeps its local
+    # answer and never sees this item), None (neither, e.g. the upstream was asked first)
+    origin: Literal["cascade", "audit"] | None = None
+    audit_rate: float | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@
 4. **local answer**, streamed to the device as it comes unless a refusal may follow;
 5. **confidence** of that answer under the policy's measure;
 6. **escalate or queue** as the verdict says (``router.after_local``), at most one
-   escalation per query: an item kept by step 3 is the escalation, never a second;
+   escalation per query: an item kept by step 3 is the escalation, never a second; or, for a
+   confident answer that could have left, an **audit sample** at the policy's
+   ``audit_rate`` (``calibrate.sampling``: queued in the background, the answer unchanged);
 7. **re-hydrate** an upstream answer (placeholders back to the device's values);
 8. **record** the decision: the audit row and the TCO ledger.
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from appliance import logs
+from appliance.calibrate import sampling
 from appliance.governance import router
 from appliance.governance.active import ActivePolicy
 from appliance.governance.audit import AuditLog, AuditRecord
@@ -199,6 +202,7 @@ class Pipeline:
         settings: Settings,
         ledger: Ledger | None = None,
         hardness: HardnessCheck = _never_hard,
+        audit_sampler: sampling.AuditSampler | None = None,
     ) -> None:
         self.active = policy
         self.analyzers = analyzers
@@ -207,6 +211,8 @@ class Pipeline:
         self.settings = settings
         self.ledger = ledger
         self.hardness = hardness
+        # the audit-sampling draws (step 6); seeded by a test to sample known queries
+        self.audit_sampler = audit_sampler or sampling.AuditSampler()
 
     # -- the order of events ---------------------------------------------------------------
 
@@ -353,14 +359,24 @@ class Pipeline:
             outcome.escalation_id = asked.kept.id
         elif verdict.escalate:
             assert plan.egress is not None
-            item = self._escalation(query, plan, result.text, conf)
+            origin: Literal["cascade"] | None = None if plan.skip_local else "cascade"
+            item = self._escalation(query, plan, result.text, conf, origin)
             await self._escalate(outcome, item, verdict.sync, dict(plan.egress.mapping))
+        elif sampling.eligible(policy, plan, verdict, conf) and self.audit_sampler.draw(
+            cascade.audit_rate
+        ):
+            await self._audit_sample(outcome, query, plan, result.text, conf, cascade.audit_rate)
         reference = plan.upstream.name if plan.upstream is not None else None
         self.record(query, outcome, result, ran_until, reference)  # 8. record
         return outcome
 
     def _escalation(
-        self, query: Query, plan: router.Plan, local: str | None, conf: float | None
+        self,
+        query: Query,
+        plan: router.Plan,
+        local: str | None,
+        conf: float | None,
+        origin: Literal["cascade"] | None = None,
     ) -> Escalation:
         assert plan.upstream is not None and plan.egress is not None
         # plan.egress.texts are query.governed_texts as they may leave: messages, then stops
@@ -387,7 +403,27 @@ class Pipeline:
             reasons=plan.reasons,
             local_answer=local,
             confidence=conf,
+            origin=origin,
         )
+
+    async def _audit_sample(
+        self,
+        outcome: Outcome,
+        query: Query,
+        plan: router.Plan,
+        local: str,
+        conf: float | None,
+        rate: float,
+    ) -> None:
+        """Also send this confident answer's query upstream, in the background, to measure the
+        answer (step 6), drawn at `rate`; the device's answer and route stay as they are."""
+        item = sampling.audit_item(self._escalation(query, plan, local, conf), rate)
+        try:
+            await self.escalator.enqueue(item)
+        except EscalationUnavailable as e:  # a full outbox, the budget spent: no sample
+            outcome.reasons.append(f"audit sample skipped: {e}")
+            return
+        outcome.reasons.append(f"audit sample {item.id} queued (rate {rate:g})")
 
     async def _escalate(
         self, outcome: Outcome, item: Escalation, sync: bool, mapping: dict[str, str]

@@ -69,6 +69,10 @@ class OutboxItem:
     lease_owner: str | None
     lease_until: str | None
     size_bytes: int
+    # why it is a calibration pair: "cascade" (low confidence), "audit" (a confident answer
+    # sampled at audit_rate, never re-hydrated for anyone), None (neither)
+    origin: str | None = None
+    audit_rate: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +97,8 @@ class OutboxItem:
             "lease_owner": self.lease_owner,
             "lease_until": self.lease_until,
             "size_bytes": self.size_bytes,
+            "origin": self.origin,
+            "audit_rate": self.audit_rate,
         }
 
 

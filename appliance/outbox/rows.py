@@ -42,6 +42,8 @@ ITEM_COLUMNS: tuple[str, ...] = (
     "lease_owner",
     "lease_until",
     "size_bytes",
+    "origin",
+    "audit_rate",
 )
 RESULT_COLUMNS: tuple[str, ...] = (
     "id",
@@ -60,6 +62,8 @@ _INSERT_COLUMNS: tuple[str, ...] = (
     "state",
     "attempts",
     "next_attempt_at",
+    "origin",
+    "audit_rate",
     "size_bytes",  # last: enqueue reads it as row[-1]
 )
 
@@ -146,6 +150,8 @@ def insert_values(
         "queued",
         0,
         next_attempt,
+        item.origin,
+        item.audit_rate,
         size,
     )
 
@@ -174,6 +180,8 @@ def item_from_row(row: Sequence[Any]) -> OutboxItem:
         lease_owner=row[18],
         lease_until=row[19],
         size_bytes=row[20],
+        origin=row[21],
+        audit_rate=row[22],
     )
 
 

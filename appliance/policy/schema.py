@@ -186,6 +186,11 @@ class CascadeSettings(_Strict):
     confidence_threshold: float = Field(default=0.5, ge=0, le=1)  # the local answer stands at/above
     escalation: EscalationMode = "sync-if-online"
     when_blocked: WhenBlocked = "local"  # a low-confidence answer whose query may not leave
+    # the share of confident local answers to queries that may leave which are also sent
+    # upstream in the background (the device keeps its local answer), so that
+    # ``appliance calibrate`` sees how often confident answers agree with the upstream;
+    # 0 = none. Paid and within the daily budget like any escalation.
+    audit_rate: float = Field(default=0.0, ge=0, le=1)
 
 
 class PrecheckSettings(_Strict):
