@@ -8,6 +8,7 @@ import traceback
 from appliance.cli import (
     audit,
     bundle,
+    calibrate,
     daemon,
     distill,
     doctor,
@@ -44,6 +45,7 @@ app.command("identity")(offline.identity)
 app.command("doctor")(doctor.doctor)
 app.command("status")(status_cli.status)
 app.command("audit")(audit.audit)
+app.command("calibrate")(calibrate.calibrate_command)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
 app.command("demo")(daemon.demo)
