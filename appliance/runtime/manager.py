@@ -40,8 +40,9 @@ SERVED_ROLES = ("chat", "completion", "embedding", "classifier")
 # Classifier bundles with this task label tokens (names, organisations): the PII analyzer
 # runs them (appliance.governance.entities), not the API, so the manager does not load them.
 TOKEN_CLASSIFICATION = "token-classification"
-MEMORY_OVERHEAD = 1.2  # the weights' size times this, plus the KV estimate, must fit
-KV_BYTES_PER_TOKEN = 64 * 1024  # bytes; a conservative KV-cache estimate for small models
+# The fallback where a model's header cannot be read (appliance.plan.guard uses these)
+MEMORY_OVERHEAD = 1.2  # the weights' size times this, plus the KV estimate below
+KV_BYTES_PER_TOKEN = 64 * 1024  # bytes per token per slot
 
 
 @dataclass
@@ -110,20 +111,33 @@ def default_backend(spec: ModelSpec, slots: int = 1) -> Backend:
 def check_memory(spec: ModelSpec, available: int | None = None, slots: int = 1) -> None:
     """Refuse a model that would not fit in the memory that is free now.
 
-    A batched GGUF model keeps `slots` contexts' worth of KV memory.
+    A GGUF model is sized as `appliance plan` sizes it (appliance.plan.guard): its weights,
+    the KV cache of `slots` contexts (per layer, sliding-window layers as the GGUF states
+    them) and llama.cpp's buffers; with a GPU, the offloaded part must fit in GPU memory.
     """
+    from appliance.plan.guard import gpu_free_bytes, need
+    from appliance.runtime.gpu import gpu_present
+
     free = psutil.virtual_memory().available if available is None else available
     signed = (spec.files or {}).get(spec.weights)
     # the signed size: a missing or changed file is for the load's own check to name
     weights = signed.size if signed is not None else spec.weights.stat().st_size
-    if spec.format != "gguf" or spec.role not in ("chat", "completion"):
-        slots = 1
-    slots = int(spec.extra.get("slots", slots))
-    needed = int(weights * MEMORY_OVERHEAD) + slots * spec.context_length * KV_BYTES_PER_TOKEN
+    generates = spec.format == "gguf" and spec.role in ("chat", "completion")
+    slots = int(spec.extra.get("slots", slots)) if generates else 1
+    offload = generates and available is None and gpu_present()
+    wanted = need(spec.weights, weights, spec.context_length, slots, generates, offload)
+    if offload and wanted.gpu_bytes > (gpu_free := gpu_free_bytes()):
+        raise ModelLoadError(
+            f"{spec.name} {spec.version} needs about {wanted.gpu_bytes // 2**20} MiB of GPU "
+            f"memory; {gpu_free // 2**20} MiB are free ({wanted.detail}): lower [runtime] "
+            f"slots or context_length"
+        )
+    needed = wanted.host_bytes
     if needed > free:
         raise ModelLoadError(
             f"{spec.name} {spec.version} needs about {needed // 2**20} MiB of memory; "
-            f"{free // 2**20} MiB are available"
+            f"{free // 2**20} MiB are available ({wanted.detail}): lower [runtime] slots "
+            f"or context_length"
         )
 
 
