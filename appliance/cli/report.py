@@ -167,6 +167,7 @@ def _capex_table(c: dict[str, Any]) -> Table:
     for u in c["upstreams"]:
         if u["break_even"]:
             when = u["break_even"] + (" (reached)" if u["break_even_reached"] else "")
+            when += f" ({u['break_even_note']})" if u["break_even_note"] else ""
         else:
             when = u["break_even_note"] or c["extrapolation"] or "-"
         beats = u["beats_at_tokens_per_day"]
