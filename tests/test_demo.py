@@ -1,4 +1,5 @@
-"""`appliance demo --once`: the embedded default end to end, as a newcomer runs it."""
+"""`appliance demo --once`: the embedded default end to end, as a newcomer runs it: a sensible
+chat answer from the instruction-tuned model, a completion from the base model, what next."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 from appliance.api.server import free_port
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_demo_builds_installs_serves_and_answers(tmp_path: Path):
@@ -21,10 +24,24 @@ def test_demo_builds_installs_serves_and_answers(tmp_path: Path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert "gemma3-270m 1.0.0: installed" in result.stdout
-    assert "chat (" in result.stdout and "tokens/s" in result.stdout
-    # the completion of "def fibonacci(n):" from the real model
-    assert "def fibonacci(n):" in result.stdout and "return" in result.stdout
+    out = result.stdout
+    assert "smollm2-135m-instruct 1.0.0: installed" in out
+    assert "gemma3-270m 1.0.0: installed" in out
+    # the chat answer comes from the instruction-tuned model, and makes sense
+    chat = out[out.index("chat (") : out.index("completion (")]
+    assert chat.startswith("chat (smollm2-135m-instruct 1.0.0, ") and "tokens/s)" in chat
+    assert "What is the capital of France?" in chat and "Paris" in chat
+    # the completion of "def fibonacci(n):" from the base model
+    completion = out[out.index("completion (") : out.index("\nnext")]
+    assert completion.startswith("completion (gemma3-270m 1.0.0, ")
+    assert "def fibonacci(n):" in completion and "return" in completion
+    # then where to go next: the status screen, a one-off answer, the README's sections
+    after = out[out.index("\nnext") :]
+    assert f"export APPLIANCE_HOME={tmp_path / 'home'}" in after
+    assert "appliance status" in after
+    assert 'appliance run smollm2-135m-instruct "' in after
+    for section in ("Serving devices", "Operator's guide: bundles", "Is the box healthy?"):
+        assert section in after and section in README
     installed = tmp_path / "home/bundles/gemma3-270m/1.0.0/payload/gemma-3-270m-q4_k_m.gguf"
     assert installed.stat().st_size == 253113024
     assert "Traceback" not in result.stderr

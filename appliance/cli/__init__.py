@@ -10,6 +10,7 @@ from appliance.cli import (
     bundle,
     calibrate,
     daemon,
+    demo,
     distill,
     doctor,
     forward,
@@ -18,6 +19,7 @@ from appliance.cli import (
     outbox,
     policy,
     report,
+    run,
     tokens,
     trust,
 )
@@ -48,7 +50,8 @@ app.command("audit")(audit.audit)
 app.command("calibrate")(calibrate.calibrate_command)
 app.command("sync")(forward.sync)
 app.command("serve")(daemon.serve)
-app.command("demo")(daemon.demo)
+app.command("demo")(demo.demo)
+app.command("run")(run.run)
 app.command("plan")(plan_command)
 
 
