@@ -23,7 +23,7 @@ from appliance.api.app import create_app
 from appliance.api.server import BackgroundServer
 from appliance.bundles import trust
 from appliance.bundles.installer import BundleManager
-from appliance.governance.escalation import Escalation
+from appliance.governance.escalation import Escalation, UpstreamAnswer
 from appliance.home import Home
 from appliance.outbox import Outbox
 from appliance.settings import (
@@ -31,6 +31,7 @@ from appliance.settings import (
     BundleSettings,
     ServerSettings,
     Settings,
+    UpstreamSettings,
 )
 from appliance.tokens import TokenStore, hash_token
 from tests.helpers import Key, make_bundle, make_key
@@ -38,6 +39,10 @@ from tests.helpers import Key, make_bundle, make_key
 KiB = 1024
 SETTINGS = Settings(
     server=ServerSettings(max_body_bytes=64 * KiB),
+    # trainable (the default): its answers are golden, kept by a purge unless told
+    upstreams=[
+        UpstreamSettings(name="cloud", kind="openai", base_url="http://127.0.0.1:9", model="m")
+    ],
     bundles=BundleSettings(
         limits=BundleLimits(
             manifest_max_bytes=64 * KiB,
@@ -308,14 +313,26 @@ def test_outbox_list_retry_and_purge(box: Box):
     retried = httpx.post(f"{url}/{failing.id}/retry", headers=box.admin)
     assert retried.status_code == 200 and retried.json()["state"] == "queued"
 
+    golden = _escalation("what is the torque for <EMAIL_1>'s valve?")
     with Outbox(box.home, SETTINGS.outbox) as outbox:
         outbox.fail(failing.id, "test", "400 again")
+        outbox.enqueue(golden)
+        outbox.complete(golden.id, "s", UpstreamAnswer("40 Nm.", "cloud", "m"), 0.001)
     live = httpx.post(f"{url}/purge", params={"state": "queued"}, headers=box.admin)
     assert live.status_code == 400  # a queued item is a promise to a device
     purged = httpx.post(f"{url}/purge", headers=box.admin)
-    assert purged.json() == {"purged": 1, "states": ["done", "expired", "failed"]}
+    assert purged.json() == {
+        "purged": 1,
+        "states": ["done", "expired", "failed"],
+        "kept_golden": True,
+    }
     with Outbox(box.home, SETTINGS.outbox) as outbox:
         assert outbox.get(failing.id) is None and outbox.get(queued.id) is not None
+        assert outbox.get(golden.id) is not None  # distillation still wants it
+    told = httpx.post(f"{url}/purge", params={"include_golden": "true"}, headers=box.admin)
+    assert told.json()["purged"] == 1
+    with Outbox(box.home, SETTINGS.outbox) as outbox:
+        assert outbox.get(golden.id) is None
 
 
 # -- tokens -----------------------------------------------------------------------------------

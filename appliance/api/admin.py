@@ -14,7 +14,7 @@ the answer that creates it; the outbox shows no messages, answers or placeholder
 | ``POST /admin/bundles/{name}/rollback`` | back to the previous installed version |
 | ``GET /admin/outbox?state=&limit=`` | escalations, newest first (no content) |
 | ``POST /admin/outbox/{id}/retry`` | a failed or expired escalation goes back in the queue |
-| ``POST /admin/outbox/purge?state=`` | forget done, failed and expired escalations |
+| ``POST /admin/outbox/purge?state=&include_golden=`` | forget finished ones, golden kept |
 | ``GET /admin/tokens`` · ``POST /admin/tokens`` | devices with a token · a new token |
 | ``POST /admin/tokens/{device}/revoke`` | the device's requests are refused from now on |
 
@@ -345,11 +345,20 @@ async def purge_outbox(
         list[FinishedChoice] | None,
         Query(description="Purge this state (repeatable); default: done, failed, expired."),
     ] = None,
+    include_golden: Annotated[
+        bool,
+        Query(description="Also delete done items answered by a trainable upstream."),
+    ] = False,
 ) -> dict[str, Any]:
     chosen = sorted({s.value for s in state}) if state else sorted(FINISHED_STATES)
-    purged = await asyncio.to_thread(_outbox_call, request, lambda o: o.purge(chosen))
+    settings: Settings = request.app.state.settings
+    # as `appliance outbox purge`: the golden answers distillation wants stay unless told
+    keep = [] if include_golden else [u.name for u in settings.upstreams if u.trainable]
+    purged = await asyncio.to_thread(
+        _outbox_call, request, lambda o: o.purge(chosen, keep_golden=keep)
+    )
     log.info("admin: %s: purged %d outbox items (%s)", _who(request), purged, ", ".join(chosen))
-    return {"purged": purged, "states": chosen}
+    return {"purged": purged, "states": chosen, "kept_golden": bool(keep)}
 
 
 # -- tokens -----------------------------------------------------------------------------------
