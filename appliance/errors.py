@@ -266,6 +266,7 @@ SURFACES: dict[type[ApplianceError], Surface] = {
     TokenError: Surface(400, "invalid_request_error", "token_refused"),
     DistillError: Surface(400, "invalid_request_error", "distill_refused"),
     QueueFullError: Surface(503, "overloaded_error", "queue_full", retry_after=True),
+    OutboxError: Surface(409, "invalid_request_error", "outbox_refused"),
     OutboxFullError: Surface(503, "overloaded_error", "outbox_full", retry_after=True),
     UplinkError: Surface(502, "upstream_error", "upstream_unavailable"),
     EscalationUnavailable: Surface(503, "overloaded_error", "escalation_unavailable"),
