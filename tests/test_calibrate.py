@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from rich.console import Console
 
 from appliance.calibrate import draft
 from appliance.calibrate.errors import CalibrationError
@@ -24,8 +25,9 @@ from appliance.home import Home
 from appliance.outbox import Outbox
 from appliance.policy.load import parse_policy
 from appliance.policy.schema import CascadeSettings
-from appliance.policy_source import DEFAULT_THRESHOLD
+from appliance.policy_source import DEFAULT_THRESHOLD, peek
 from appliance.settings import OutboxSettings, Settings, SyncSettings, UpstreamSettings
+from appliance.status import document, render
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
 
@@ -259,6 +261,32 @@ def test_the_command_prints_json_writes_csv_and_a_draft(
     captured = capsys.readouterr()
     assert code == 1 and "no threshold recommended" in captured.err and not out.exists()
     assert main(["calibrate", "--measure", "bleu"]) == 2
+
+
+def test_status_shows_the_agreement_at_the_threshold_in_force(filled: Home):
+    settings = Settings(policy_file=str(filled.root / "policy.toml"))
+
+    def status(policy_text: str) -> tuple[dict, str]:
+        (filled.root / "policy.toml").write_text(policy_text)
+        doc = document.build(
+            filled,
+            settings,
+            daemon={"up": False, "url": "x"},
+            policy=lambda: peek(filled, settings.policy_file),
+            gpus=[],
+        )
+        console = Console(width=200, record=True)
+        console.print(render.render(doc))
+        return doc["calibration"], console.export_text()
+
+    seen, screen = status(POLICY)  # threshold 0.5: the 20 audit samples, all agreeing
+    assert seen["audit_samples"] == 20 and seen["agreement"] == 1.0 and seen["low"] < 1.0
+    assert "audit   agreement 1.000" in screen and "at threshold 0.5" in screen
+    seen, screen = status(POLICY.replace("0.5   #", "0.89   #"))  # 5 samples at or above
+    assert seen["audit_samples"] == 5 and seen["agreement"] is None
+    assert "5 audit samples at threshold 0.89; agreement shown from 10" in screen
+    seen, _ = status(POLICY.replace("[cascade]", "[cascade]\nenabled = false"))
+    assert seen is None  # no cascade, no threshold to judge
 
 
 # -- the whole loop through a daemon ------------------------------------------------------------

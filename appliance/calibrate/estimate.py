@@ -34,9 +34,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import accumulate
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from appliance.calibrate.pairs import Pair
+if TYPE_CHECKING:
+    from appliance.calibrate.pairs import Pair
 
 Criterion = Literal["lower", "point"]
 LEVEL = 0.95  # two-sided confidence of every interval

@@ -11,10 +11,12 @@ audit items only (``outbox_audit``), so the screen stays fast with a large outbo
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from appliance.calibrate.estimate import effective_n, wilson
 from appliance.governance.agreement import exact_match
+from appliance.policy_source import PolicySummary
 
 MIN_AUDIT = 10  # audit samples before an agreement is shown (calibrate's --min-audit default)
 MEASURE = "normalised exact match"
@@ -56,3 +58,17 @@ def observed(conn: sqlite3.Connection | None, threshold: float | None) -> dict[s
     low, high = wilson(share, effective_n(weights))
     document.update(agreement=round(share, 4), low=round(low, 4), high=round(high, 4))
     return document
+
+
+def for_status(
+    conn: sqlite3.Connection | None, policy: Callable[[], PolicySummary] | None
+) -> dict[str, Any] | None:
+    """`observed` at the threshold of the policy in force; None when that cannot be read (the
+    status document reports an unreadable policy on its own)."""
+    if policy is None:
+        return None
+    try:
+        threshold = policy().confidence_threshold
+    except Exception:  # reported as the policy's error elsewhere in the document
+        return None
+    return observed(conn, threshold)

@@ -18,16 +18,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from appliance.bundles import records
 from appliance.calibrate.errors import CalibrationError
 from appliance.governance.agreement import cosine, exact_match, token_f1
 from appliance.home import Home
 from appliance.outbox import OutboxItem, OutboxResult
-from appliance.runtime.manager import spec_from_record
-from appliance.runtime.onnx_backend import OnnxBackend
-from appliance.state import open_state
+
+if TYPE_CHECKING:  # onnxruntime loads only for --measure embedding
+    from appliance.runtime.onnx_backend import OnnxBackend
 
 MeasureName = Literal["exact", "f1", "embedding"]
 EMBED_BATCH = 32  # texts per embedding call
@@ -151,6 +150,11 @@ class EmbeddingSimilarity:
 
 def embedding_backend(home: Home, name: str | None) -> tuple[OnnxBackend, str]:
     """The active ONNX embedding bundle `name` (or the only one), loaded; and its label."""
+    from appliance.bundles import records
+    from appliance.runtime.manager import spec_from_record
+    from appliance.runtime.onnx_backend import OnnxBackend
+    from appliance.state import open_state
+
     db = open_state(home)
     try:
         active = records.query(db, "WHERE a.version IS NOT NULL AND b.kind = 'model'")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance import __version__, policy_upstreams
+from appliance.calibrate.observed import for_status as observed_agreement
 from appliance.clock import format_timestamp, utc_now_dt
 from appliance.forward import uplinks
 from appliance.home import Home
@@ -118,6 +119,7 @@ def build(
             conn, live, policy, now, document, errors
         )
         document["policy_upstreams"] = _policy_upstreams(home, settings)
+        document["calibration"] = observed_agreement(conn, policy)  # audit samples' agreement
         document["errors"] = _errors(conn, document, errors)
     finally:
         if conn is not None:

@@ -199,6 +199,18 @@ def sections(doc: dict[str, Any]) -> list[tuple[str, RenderableType]]:
             f"\nbudget  ${budget['spent_today_usd']:.4f} of ${budget['daily_usd']:.2f} today "
             f"(resets {budget['resets_at']})"
         )
+    seen = doc.get("calibration")
+    if seen and seen["agreement"] is not None:
+        outbox += (
+            f"\naudit   agreement {seen['agreement']:.3f} [{seen['low']:.3f}, {seen['high']:.3f}] "
+            f"at threshold {seen['threshold']:g} ({seen['measure']}, {seen['audit_samples']} "
+            "audit samples)"
+        )
+    elif seen and seen["audit_samples"]:
+        outbox += (
+            f"\naudit   {seen['audit_samples']} audit samples at threshold {seen['threshold']:g};"
+            f" agreement shown from {seen['needed']}"
+        )
     parts.append(("outbox", Text(outbox)))
 
     if doc["uplinks"]:
