@@ -3,6 +3,7 @@ whole loop through a real daemon (Gemma) with a stand-in upstream that knows the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sqlite3
@@ -14,10 +15,19 @@ import httpx
 import pytest
 from rich.console import Console
 
+from appliance.bundles import trust
+from appliance.bundles.installer import BundleManager
+from appliance.bundles.pack import pack, sign
 from appliance.calibrate import draft
 from appliance.calibrate.errors import CalibrationError
 from appliance.calibrate.estimate import calibrate, effective_n, wilson
-from appliance.calibrate.pairs import ExactMatch, Pair, collect
+from appliance.calibrate.pairs import (
+    EmbeddingSimilarity,
+    ExactMatch,
+    Pair,
+    collect,
+    embedding_backend,
+)
 from appliance.calibrate.sampling import AuditSampler
 from appliance.cli import main
 from appliance.governance.escalation import Escalation, UpstreamAnswer
@@ -30,6 +40,8 @@ from appliance.settings import OutboxSettings, Settings, SyncSettings, UpstreamS
 from appliance.status import document, render
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import make_key
+from tests.onnx_models import write_embedding_source
 
 POLICY = """
 schema = 1
@@ -261,6 +273,35 @@ def test_the_command_prints_json_writes_csv_and_a_draft(
     captured = capsys.readouterr()
     assert code == 1 and "no threshold recommended" in captured.err and not out.exists()
     assert main(["calibrate", "--measure", "bleu"]) == 2
+
+
+def test_the_embedding_measure_uses_an_installed_embedding_bundle(
+    filled: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    assert main(["calibrate", "--measure", "embedding"]) == 1
+    assert "needs one active ONNX embedding bundle" in capsys.readouterr().err
+    key = make_key(tmp_path, "publisher")
+    trust.add_key(filled, key.public)
+    bundle = tmp_path / "mini-embed.bundle"
+    pack(write_embedding_source(tmp_path / "embed-src"), bundle)
+    sign(bundle, key.private)
+    manager = BundleManager(filled)
+    try:
+        manager.install(bundle)
+    finally:
+        manager.close()
+    backend, label = embedding_backend(filled, None)
+    try:
+        scorer = EmbeddingSimilarity(backend, label, 0.999)
+        same, other = _pair(1, 0.5, True), _pair(2, 0.5, True)
+        same = dataclasses.replace(same, local="the quick brown fox", golden="the quick brown fox")
+        other = dataclasses.replace(other, local="the quick brown fox", golden="lazy cat sat")
+        assert scorer.score([same, other]) == [1.0, 0.0]
+    finally:
+        backend.close()
+    code = main(["calibrate", "--measure", "embedding", "--target", "0.8", "--min-pairs", "10"])
+    assert code == 0
+    assert "embedding cosine >= 0.9 (mini-embed" in capsys.readouterr().out
 
 
 def test_status_shows_the_agreement_at_the_threshold_in_force(filled: Home):
