@@ -21,6 +21,7 @@ from appliance.api.server import BackgroundServer
 from appliance.bundles import trust
 from appliance.bundles.pack import pack, sign
 from appliance.bundles.recipes import RECIPES_DIR
+from appliance.cli import main
 from appliance.errors import BundleError
 from appliance.home import Home
 from appliance.settings import Settings
@@ -50,8 +51,9 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def daemon(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    work = tmp_path_factory.mktemp("minilm-daemon")
+def home(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
+    """A home with the bundle packed from the recipe's source, signed and installed."""
+    work = tmp_path_factory.mktemp("minilm-home")
     key = make_key(work, "dev")
     bundle = work / f"{MODEL}-1.0.0.bundle"
     pack(source, bundle)
@@ -59,6 +61,11 @@ def daemon(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[h
     home = Home(work / "home").ensure()
     trust.add_key(home, key.public)
     install(home, bundle)
+    return home
+
+
+@pytest.fixture(scope="module")
+def daemon(home: Home) -> Iterator[httpx.Client]:
     server = BackgroundServer(create_app(home, Settings()))
     token = TokenStore(home).create("edge-device", "infer")
     server.start()
@@ -110,6 +117,21 @@ def test_a_text_gets_the_same_vector_alone_or_in_a_padded_batch(daemon: httpx.Cl
     alone = np.vstack([_embed(daemon, [t]) for t in texts])
 
     assert np.allclose(batch, alone, atol=1e-5)
+
+
+def test_appliance_run_embeds_as_the_daemon_does(
+    home: Home,
+    daemon: httpx.Client,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+):
+    text = "The pump on line 3 is leaking oil."
+    monkeypatch.setenv("APPLIANCE_HOME", str(home.root))
+
+    assert main(["run", MODEL, text, "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model"] == MODEL and answer["role"] == "embedding"
+    assert np.allclose(answer["vector"], _embed(daemon, [text])[0], atol=1e-5)
 
 
 def test_the_model_is_listed_as_an_embedding_model(daemon: httpx.Client):
