@@ -51,7 +51,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def home(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
+def minilm_home(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
     """A home with the bundle packed from the recipe's source, signed and installed."""
     work = tmp_path_factory.mktemp("minilm-home")
     key = make_key(work, "dev")
@@ -65,9 +65,9 @@ def home(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Home:
 
 
 @pytest.fixture(scope="module")
-def daemon(home: Home) -> Iterator[httpx.Client]:
-    server = BackgroundServer(create_app(home, Settings()))
-    token = TokenStore(home).create("edge-device", "infer")
+def daemon(minilm_home: Home) -> Iterator[httpx.Client]:
+    server = BackgroundServer(create_app(minilm_home, Settings()))
+    token = TokenStore(minilm_home).create("edge-device", "infer")
     server.start()
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=server.url, headers=headers, timeout=60) as client:
@@ -120,13 +120,13 @@ def test_a_text_gets_the_same_vector_alone_or_in_a_padded_batch(daemon: httpx.Cl
 
 
 def test_appliance_run_embeds_as_the_daemon_does(
-    home: Home,
+    minilm_home: Home,
     daemon: httpx.Client,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ):
     text = "The pump on line 3 is leaking oil."
-    monkeypatch.setenv("APPLIANCE_HOME", str(home.root))
+    monkeypatch.setenv("APPLIANCE_HOME", str(minilm_home.root))
 
     assert main(["run", MODEL, text, "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
