@@ -44,6 +44,16 @@ def test_a_completion_prints_the_answer_and_names_the_model(
     assert out.strip()
     assert f"{MODEL} 1.0.0 on cpu" in err or f"{MODEL} 1.0.0 on gpu" in err
     assert "tokens/s" in err
+    # a continuation is printed as generated: its leading newline and indentation (the code's
+    # first line) are kept; the same request alone gets the same greedy answer
+    code, as_json, err = _run(
+        gemma.root,
+        [MODEL, "def fibonacci(n):", "--raw", "--max-tokens", "6", "--json"],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 0, err
+    assert out == json.loads(as_json)["text"].rstrip() + "\n"
 
 
 def test_json_gives_the_answer_and_its_counts(

@@ -52,8 +52,10 @@ def run(
         console.print(f"[{shown}, …] ({len(answer.vector)} dimensions)", markup=False)
     elif answer.labels:
         console.print(json.dumps(answer.labels, indent=2, sort_keys=True), markup=False)
-    else:
+    elif answer.role == "chat" and not raw:
         console.print(answer.text.strip(), markup=False)
+    else:  # a continuation: its leading newline and indentation are part of it (code)
+        console.print(answer.text.rstrip(), markup=False)
     stats = f"{answer.prompt_tokens} prompt tokens"
     if answer.role in ("chat", "completion"):
         stats += f", {answer.completion_tokens} tokens in {answer.seconds:.1f} s"
