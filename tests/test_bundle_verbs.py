@@ -262,6 +262,20 @@ def test_trust_threshold(trusted: Home, key_b: Key, capsys):
     assert "threshold now 1 of 2 trusted key(s) (was 2)" in capsys.readouterr().out
 
 
+def test_trust_remove_below_the_threshold_names_the_command_that_fixes_it(
+    trusted: Home, key: Key, key_b: Key, capsys
+):
+    line = _refused(capsys, 1, "trust", "remove", key.keyid[:8])
+    assert "would leave 0 usable key(s), below the threshold of 1" in line
+    assert "trust its successor first (appliance trust add FILE)" in line
+    trust.add_key(trusted, key_b.public)
+    assert main(["trust", "threshold", "2"]) == 0
+    capsys.readouterr()
+    line = _refused(capsys, 1, "trust", "remove", key.keyid[:8])
+    assert "lower it first (appliance trust threshold 1)" in line
+    assert set(trust.load_store(trusted).keys) == {key.keyid, key_b.keyid}  # nothing removed
+
+
 def test_keys_show_prints_the_id_and_hex_public_key_never_the_secret(
     trusted: Home, key: Key, capsys
 ):

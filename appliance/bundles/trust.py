@@ -140,9 +140,14 @@ def remove_key(home: Home, keyid_prefix: str, revoked: frozenset[str] = frozense
     key = resolve_keyid(store, keyid_prefix)
     remaining = len(set(store.keys) - revoked - {key.keyid})
     if remaining < store.threshold:
+        fix = (
+            f"lower it first (appliance trust threshold {remaining})"
+            if remaining
+            else "trust its successor first (appliance trust add FILE)"
+        )
         raise TrustError(
             f"removing {key.keyid[:16]} would leave {remaining} usable key(s), below the "
-            f"threshold of {store.threshold}; lower the threshold in trust.toml first"
+            f"threshold of {store.threshold}; {fix}"
         )
     for path in home.trust_dir.glob("*.pub"):
         try:
