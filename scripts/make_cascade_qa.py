@@ -139,6 +139,12 @@ ONES = [
 ]  # fmt: skip
 TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
+# How a question is put to the model, by turns: "qa", two worked examples of the category and
+# then "Q: <question>\nA:" (the model answers and goes on with the next question of the
+# pattern); "statement", the start of a sentence the answer completes, with nothing before it
+# ("The capital of France is"; the model goes on with whatever it makes of the sentence).
+STYLES = ("qa", "statement")
+
 # two worked examples per category, never asked themselves
 SHOTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     "capital": (
@@ -170,6 +176,7 @@ SHOTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
 class Item:
     id: str
     category: str
+    style: str  # "qa" or "statement" (see STYLES)
     question: str
     prompt: str
     answer: str
@@ -191,53 +198,86 @@ def prompt_for(category: str, question: str) -> str:
     return f"{shots}Q: {question}\nA:"
 
 
-def _questions() -> list[tuple[str, str, tuple[str, ...]]]:
-    """(category, question, answers): the first answer is the key, the rest aliases."""
+def _questions() -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(category, question, statement, answers): the statement is the question as the start of
+    a sentence the answer completes; the first answer is the key, the rest aliases."""
     rng = random.Random(SEED)
-    out: list[tuple[str, str, tuple[str, ...]]] = []
+    out: list[tuple[str, str, str, tuple[str, ...]]] = []
     for country, names in CAPITALS.items():
-        out.append(("capital", f"What is the capital of {country}?", names))
+        out.append(
+            ("capital", f"What is the capital of {country}?", f"The capital of {country} is", names)
+        )
     for country, continent in CONTINENTS.items():
         names = (continent, *CONTINENT_ALIASES.get(continent, ()))
-        out.append(("continent", f"On which continent is {country}?", names))
+        out.append(
+            (
+                "continent", f"On which continent is {country}?",
+                f"{country[0].upper()}{country[1:]} is on the continent of", names,
+            )
+        )  # fmt: skip
     for element, symbol in ELEMENTS.items():
-        out.append(("element", f"What is the chemical symbol for {element}?", (symbol,)))
+        out.append(
+            (
+                "element", f"What is the chemical symbol for {element}?",
+                f"The chemical symbol for {element} is", (symbol,),
+            )
+        )  # fmt: skip
     for word, opposites in OPPOSITES.items():
-        out.append(("opposite", f"What is the opposite of {word}?", opposites))
+        stem = f'The opposite of "{word}" is'
+        out.append(("opposite", f"What is the opposite of {word}?", stem, opposites))
     for word, plurals in PLURALS.items():
-        out.append(("plural", f"What is the plural of {word}?", plurals))
+        stem = f'The plural of "{word}" is'
+        out.append(("plural", f"What is the plural of {word}?", stem, plurals))
     sums = sorted({(rng.randint(2, 60), rng.randint(2, 60)) for _ in range(45)})[:40]
     for a, b in sums:
-        out.append(("addition", f"What is {a} + {b}?", (str(a + b),)))
+        out.append(("addition", f"What is {a} + {b}?", f"{a} + {b} =", (str(a + b),)))
     products = sorted({(rng.randint(2, 12), rng.randint(2, 12)) for _ in range(40)})[:30]
     for a, b in products:
-        out.append(("product", f"What is {a} times {b}?", (str(a * b),)))
+        out.append(("product", f"What is {a} times {b}?", f"{a} times {b} is", (str(a * b),)))
     for n in sorted(rng.sample(range(1, 100), 30)):
         words = number_words(n)
         aliases = (words, words.replace("-", " ")) if "-" in words else (words,)
-        out.append(("number_word", f"How is {n} written in words?", aliases))
+        stem = f"The number {n} written in words is"
+        out.append(("number_word", f"How is {n} written in words?", stem, aliases))
     for names, unit in ((DAYS, "day"), (MONTHS, "month")):
         for i, name in enumerate(names):
             after, before = names[(i + 1) % len(names)], names[i - 1]
-            out.append(("order", f"Which {unit} comes after {name}?", (after,)))
-            out.append(("order", f"Which {unit} comes before {name}?", (before,)))
+            out.append(
+                (
+                    "order",
+                    f"Which {unit} comes after {name}?",
+                    f"The {unit} after {name} is",
+                    (after,),
+                )
+            )
+            out.append(
+                (
+                    "order",
+                    f"Which {unit} comes before {name}?",
+                    f"The {unit} before {name} is",
+                    (before,),
+                )
+            )
     return out
 
 
 def build() -> list[Item]:
+    """Every question once; within a category the styles take turns (see STYLES)."""
     items = []
     asked = {q for shots in SHOTS.values() for q, _ in shots}
     counts: dict[str, int] = {}
-    for category, question, answers in _questions():
+    for category, question, statement, answers in _questions():
         if question in asked:
             continue
         counts[category] = counts.get(category, 0) + 1
+        style = STYLES[counts[category] % len(STYLES)]
         items.append(
             Item(
                 id=f"{category}-{counts[category]:03d}",
                 category=category,
+                style=style,
                 question=question,
-                prompt=prompt_for(category, question),
+                prompt=prompt_for(category, question) if style == "qa" else statement,
                 answer=answers[0],
                 aliases=answers[1:],
             )

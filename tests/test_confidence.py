@@ -3,12 +3,15 @@ settings that pick them, and the daemon computing them alike for a stream and a 
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -178,7 +181,13 @@ def test_the_benchmark_question_set_is_what_its_generator_writes():
     rows = [json.loads(line) for line in (ROOT / "scripts/data/cascade_qa.jsonl").open()]
     assert len({r["id"] for r in rows}) == len(rows) >= 300
     assert len({r["category"] for r in rows}) >= 6
-    assert all(r["prompt"].endswith(f"Q: {r['question']}\nA:") and r["answer"] for r in rows)
+    assert {r["style"] for r in rows} == {"qa", "statement"}
+    for r in rows:
+        assert r["answer"] and r["answer"] not in r["aliases"]
+        if r["style"] == "qa":
+            assert r["prompt"].endswith(f"Q: {r['question']}\nA:")
+        else:
+            assert "Q:" not in r["prompt"] and r["prompt"] == r["prompt"].strip()
 
 
 # -- the daemon: the same confidence streamed or not ----------------------------------------
@@ -242,3 +251,50 @@ def test_the_daemon_measures_the_first_clause_of_what_it_generated(daemon: Daemo
     expected = confidence(values, "clause", texts=texts)
     assert expected is not None
     assert reported == pytest.approx(expected, abs=1e-4)  # the envelope rounds to 4 places
+
+
+# -- the benchmark's routing figures ----------------------------------------------------------
+
+
+@functools.cache
+def _bench_cascade() -> Any:  # scripts/ is no package: load the benchmark as a module
+    sys.path.insert(0, str(ROOT / "scripts"))  # for its `_bench`
+    spec = importlib.util.spec_from_file_location(
+        "bench_cascade", ROOT / "scripts/bench_cascade.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_routing_figures_of_a_perfect_a_reversed_and_a_blind_signal():
+    bench = _bench_cascade()
+    right = [True, True, False, False]
+    upstream = [True] * 4
+    perfect = bench.route_curve([0.9, 0.8, 0.2, 0.1], right, upstream)
+    assert bench.auc([0.9, 0.8, 0.2, 0.1], right) == 1.0
+    assert perfect.weak == 0.5 and perfect.strong == 1.0
+    # the two wrong answers go first: the whole gap is recovered at half sent
+    assert perfect.share_for(perfect.pgr(), 1.0)[0] == pytest.approx(0.5)
+    assert perfect.apgr() == pytest.approx(0.75)  # 1/2 * 1/2 ramp, then 1 for the other half
+    reversed_ = bench.route_curve([0.1, 0.2, 0.8, 0.9], right, upstream)
+    assert bench.auc([0.1, 0.2, 0.8, 0.9], right) == 0.0
+    assert reversed_.apgr() == pytest.approx(0.25)
+    blind = bench.route_curve([0.5] * 4, right, upstream)  # one tie: sent in a random order
+    assert bench.auc([0.5] * 4, right) == 0.5
+    assert blind.apgr() == pytest.approx(0.5)
+    assert blind.share_for(blind.pgr(), 0.8)[0] == pytest.approx(0.8)
+    none_first = bench.route_curve([None, 0.9, 0.8, 0.7], [False, True, True, True], [True] * 4)
+    assert none_first.thresholds[1] == pytest.approx(0.7)  # escalating below 0.7 sends the one
+
+
+def test_an_answer_is_right_when_its_first_clause_is_the_key():
+    bench = _bench_cascade()
+    item = bench.Item("x", "capital", "qa", "Q?", "prompt", "Bogotá", ("Bogota",))
+    assert bench.is_right(" bogota\n\nQ: What is", item)
+    assert bench.is_right(' "Bogotá". It is', item)
+    assert bench.is_right(" The Bogota, Colombia", item)
+    assert not bench.is_right(" Bogotá is the capital", item)
+    assert not bench.is_right(" \n\n", item)

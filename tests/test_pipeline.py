@@ -103,7 +103,7 @@ def setup(home: Home, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     )
     steps.wrap(monkeypatch, pipeline_module, "classify", "classify")
     steps.wrap(monkeypatch, router_module, "plan", "plan")
-    steps.wrap(monkeypatch, pipeline_module, "confidence", "confidence")
+    steps.wrap(monkeypatch, pipeline_module, "answer_confidence", "confidence")
     steps.wrap(monkeypatch, pipeline_module, "rehydrate", "re-hydrate")
     steps.wrap(monkeypatch, audit, "record", "record")
     yield pipe, steps

@@ -91,7 +91,7 @@ def test_default_policy_lets_no_pii_leave_unredacted():
         assert policy.egress_for(classes) in ("never", "redacted"), pii_type
     assert policy.egress_for(policy.classes_for([finding("SECRET")])) == "never"
     assert policy.classes_for([], "What is the capital of France?") == ("public",)
-    assert policy.cascade.enabled and policy.cascade.confidence_measure == "mean"
+    assert policy.cascade.enabled and policy.cascade.confidence_measure == "clause"
 
 
 def test_regulated_finance_never_lets_anything_out():

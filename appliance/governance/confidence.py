@@ -22,8 +22,8 @@ are often unlikely however right the answer was):
             point or comma between two digits, as in 3.14 or 1,000, does not end it). It
             needs each token's text; an answer with no such mark is one clause.
 
-``scripts/bench_cascade.py`` measures how well each tells a right local answer from a wrong
-one; policies/README.md has its table and says which is the default and why.
+``clause`` is the default: of the five it told right local answers from wrong ones best in
+``scripts/bench_cascade.py`` (short factual questions; policies/README.md has the table).
 
 Tokens whose log-probability was not computed (NaN) are left out; an answer with none (in the
 span measured) has no confidence (None), and the router treats that as "not known to be good

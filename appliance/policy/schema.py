@@ -180,7 +180,7 @@ class CascadeSettings(_Strict):
     """Answer locally first; escalate when the local answer's confidence is below threshold."""
 
     enabled: bool = True
-    confidence_measure: ConfidenceMeasure = "mean"
+    confidence_measure: ConfidenceMeasure = "clause"  # see policies/README.md
     tail_percentile: float = Field(default=10.0, gt=0, le=50)  # percent, for "tail"
     first_tokens: int = Field(default=1, ge=1, le=64)  # k, for "first"
     confidence_threshold: float = Field(default=0.5, ge=0, le=1)  # the local answer stands at/above
