@@ -89,6 +89,7 @@ default_class = "public"
 [classes.public]
 egress = "allowed"
 [cascade]
+confidence_measure = "mean"  # a JSON record's first clause is its first key: read every token
 confidence_threshold = {threshold}
 """
 
