@@ -45,3 +45,36 @@ def test_demo_builds_installs_serves_and_answers(tmp_path: Path):
     installed = tmp_path / "home/bundles/gemma3-270m/1.0.0/payload/gemma-3-270m-q4_k_m.gguf"
     assert installed.stat().st_size == 253113024
     assert "Traceback" not in result.stderr
+
+
+def test_demo_refuses_a_home_that_already_trusts_keys(tmp_path: Path):
+    """Run as root with no APPLIANCE_HOME, the demo would land in /var/lib/appliance: it must
+    never trust its development key beside a real box's keys and bundles."""
+    home = tmp_path / "box"
+    env = {**os.environ, "APPLIANCE_HOME": str(home)}
+    keys = subprocess.run(
+        [sys.executable, "-m", "appliance", "keys", "generate", "ops", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert keys.returncode == 0, keys.stderr
+    added = subprocess.run(
+        [sys.executable, "-m", "appliance", "trust", "add", str(tmp_path / "ops.pub")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert added.returncode == 0, added.stderr
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "demo", "--once", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "already holds trusted keys or bundles" in result.stderr
+    assert "scratch/demo-home" in result.stderr
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == before  # nothing changed

@@ -20,7 +20,8 @@ import httpx
 import typer
 
 from appliance.cli.common import console, home
-from appliance.errors import ModelError, ModelLoadError
+from appliance.errors import ModelError, ModelLoadError, UsageError
+from appliance.home import Home
 from appliance.settings import load_settings
 
 SYSTEM = "You are a helpful assistant."
@@ -114,6 +115,25 @@ def _wait_loaded(client: httpx.Client, names: list[str], timeout_s: float = 300.
         time.sleep(0.2)
 
 
+def _refuse_a_real_home(h: Home) -> None:
+    """The demo trusts a development key it generates: never in a box's real home.
+
+    A home is the demo's when it is new or empty (no trusted key, no bundle) or the demo made
+    it (its ``demo/`` folder of build files is there)."""
+    if (h.root / "demo").is_dir():
+        return
+    keys = h.trust_dir.is_dir() and any(h.trust_dir.glob("*.pub"))
+    bundles = h.bundles_dir.is_dir() and any(
+        p for p in h.bundles_dir.iterdir() if not p.name.startswith(".")
+    )
+    if keys or bundles:
+        raise UsageError(
+            f"APPLIANCE_HOME={h.root} already holds trusted keys or bundles: the demo would "
+            "trust its development key there; run it with an empty home, e.g. "
+            "APPLIANCE_HOME=$PWD/scratch/demo-home appliance demo"
+        )
+
+
 def demo(
     port: int | None = typer.Option(None, "--port", help="Port for the daemon (default 8750)."),
     once: bool = typer.Option(False, "--once", help="Exit after the two requests."),
@@ -126,7 +146,9 @@ def demo(
     from appliance.bundles.recipes import CHAT_RECIPE, DEMO_RECIPE
     from appliance.tokens import TokenStore
 
-    h = home().ensure()
+    h = home()
+    _refuse_a_real_home(h)
+    h.ensure()
     settings = load_settings(h.config_file)
     if port is not None:
         server_settings = settings.server.model_copy(update={"port": port})
