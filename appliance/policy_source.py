@@ -50,7 +50,7 @@ class PolicySummary:
     confidence_threshold: float | None = None
 
 
-DEFAULT_THRESHOLD = 0.5  # policy.schema.CascadeSettings' default (a test holds them equal)
+DEFAULT_THRESHOLD = 0.25  # policy.schema.CascadeSettings' default (a test holds them equal)
 
 
 def shipped_file(name: str) -> Path:

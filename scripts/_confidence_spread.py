@@ -36,7 +36,7 @@ from appliance.runtime.backend import GenerationRequest, ModelSpec
 from appliance.runtime.batched import BatchedLlamaBackend
 
 SLOTS = 4  # the daemon's default [runtime] slots
-THRESHOLD = 0.5  # policies/default.toml: cascade.confidence_threshold
+THRESHOLD = 0.5  # the threshold these figures were measured at (with `mean`)
 TARGET_TOKENS = 8
 # The demo model is a base model: a few-shot completion, not a chat, gets it to answer. All
 # targets share this preamble (as devices share a system prompt), so slots reuse it.

@@ -57,8 +57,8 @@ def test_an_upstream_in_config_changes_the_route(home: Home):
         "if_not_confident": "escalated",
         "if_not_confident_uplink_down": "queued",
         "upstream": "cloud",
-        "threshold": 0.5,
-        "measure": "mean",
+        "threshold": 0.25,
+        "measure": "clause",
     }
 
 
