@@ -31,7 +31,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, source: GemmaSource) -> Ite
     d.server.stop()
 
 
-def _adapter_bundle(folder: Path, source: GemmaSource, version: str, broken: bool) -> Path:
+def _adapter_bundle(
+    folder: Path, source: GemmaSource, version: str, broken: bool, base_digest: str | None = None
+) -> Path:
+    trained_on = {} if base_digest is None else {"base_digest": base_digest}
     src = write_source(
         folder / f"src-{version}",
         name="gemma-tuned",
@@ -48,6 +51,7 @@ def _adapter_bundle(folder: Path, source: GemmaSource, version: str, broken: boo
             "file": "adapter.gguf",
             "base": MODEL,
             "scale": 1.0,
+            **trained_on,
         },
     )
     bundle = folder / f"gemma-tuned-{version}.bundle"
@@ -93,6 +97,26 @@ def test_an_adapter_changes_the_answer_and_a_broken_one_is_left_out(
     assert httpx.get(f"{daemon.url}/readyz").json()["ready"] is True
     manager.refresh()  # and it is not retried on every refresh
     assert _complete(daemon) == base
+
+
+def test_an_adapter_trained_on_other_weights_of_its_base_name_is_left_out(
+    daemon: Daemon, source: GemmaSource, tmp_path: Path
+):
+    """`distill pack` names the exact base bundle (model.base_digest): an adapter trained on
+    another version of the same model must not be applied to the active one."""
+    manager = daemon.app.state.models
+    base_digest = manager.worker(MODEL).spec.digest
+    daemon.install(_adapter_bundle(tmp_path, source, "3.0.0", broken=False, base_digest="0" * 64))
+    assert _adapter_digest(daemon) is None  # the base serves alone
+    (why,) = manager.mismatched_adapters.values()
+    assert "gemma-tuned 3.0.0 was trained on" in why and base_digest[:12] in why
+    base = _complete(daemon)
+
+    good = _adapter_bundle(tmp_path, source, "4.0.0", broken=False, base_digest=base_digest)
+    daemon.install(good)
+    assert _adapter_digest(daemon) is not None  # trained on these very weights: applied
+    assert manager.mismatched_adapters == {}
+    assert _complete(daemon) != base
 
 
 def _gguf(path: Path, kind: str, arch: str = "gemma3", tensor: str = "blk.0.attn_q.weight") -> Path:

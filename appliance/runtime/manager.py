@@ -260,6 +260,8 @@ class ModelManager:
         self._workers: dict[str, ModelWorker] = {}
         self.errors: dict[str, str] = {}  # model name -> why it could not be loaded
         self.bad_adapters: dict[str, str] = {}  # adapter bundle digest -> why it failed to load
+        # active adapters trained on another bundle of their base's name -> why (each refresh)
+        self.mismatched_adapters: dict[str, str] = {}
 
     # -- what should be served ------------------------------------------------------------
 
@@ -271,6 +273,7 @@ class ModelManager:
         finally:
             db.close()
         specs = {}
+        mismatched: dict[str, str] = {}
         for bundle in active:
             spec = spec_from_record(self.home, bundle)
             if spec.role in SERVED_ROLES and spec.extra.get("task") != TOKEN_CLASSIFICATION:
@@ -281,6 +284,18 @@ class ModelManager:
             if base is None or base.format != "gguf" or adapter.revoked:
                 continue
             if adapter.digest in self.bad_adapters:
+                continue
+            trained_on = model.get("base_digest")
+            if trained_on is not None and trained_on != base.digest:
+                # trained on other weights of the same name: its update would not fit these
+                why = (
+                    f"adapter {adapter.name} {adapter.version} was trained on {base.name} "
+                    f"bundle {str(trained_on)[:12]}, the active one is {base.digest[:12]} "
+                    f"({base.version}); it is left out until its base is active again"
+                )
+                if adapter.digest not in self.mismatched_adapters:
+                    log.warning("%s", why)
+                mismatched[adapter.digest] = why
                 continue
             payload = self.home.bundle_dir(adapter.name, adapter.version) / "payload"
             adapter_files = signed_files(
@@ -293,6 +308,7 @@ class ModelManager:
                 adapter_digest=adapter.digest,
                 files={**(base.files or {}), **adapter_files},
             )
+        self.mismatched_adapters = mismatched
         return specs
 
     def refresh(self) -> None:
