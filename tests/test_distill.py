@@ -13,6 +13,7 @@ import pytest
 from appliance.bundles.manifest import parse_manifest
 from appliance.bundles.reader import BundleReader
 from appliance.bundles.recipes import CHAT_RECIPE, DEMO_RECIPE, build_source
+from appliance.bundles.records import NOT_ACTIVATED
 from appliance.cli import main
 from appliance.distill import hygiene
 from appliance.distill.base import BaseModel, from_bundle_file
@@ -406,8 +407,18 @@ def test_report_shows_escalation_and_cost_before_and_after_each_adapter(
         (manifest,),
     )
     conn.execute(
+        "INSERT INTO bundles VALUES ('tuned', '2', 2, 'adapter', 'd2', ?, '[]', 'c', NULL, 1, 'i')",
+        (manifest,),
+    )
+    conn.execute(
         "INSERT INTO bundle_events (at, action, outcome, name, version, digest) "
         "VALUES ('2030-05-02T00:00:00Z', 'install', 'accepted', 'tuned', '1', 'd1')"
+    )
+    # installed with --no-activate: it switched nothing, so it opens no period
+    conn.execute(
+        "INSERT INTO bundle_events (at, action, outcome, name, version, digest, reason) "
+        "VALUES ('2030-05-02T05:00:00Z', 'install', 'accepted', 'tuned', '2', 'd2', ?)",
+        (NOT_ACTIVATED,),
     )
     # before: 4 requests, 3 escalated (one queued, answered after the switch: still "before")
     for i, route in enumerate(["local", "escalated", "escalated", "queued"]):

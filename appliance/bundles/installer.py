@@ -260,7 +260,7 @@ class BundleManager:
                 records.record_install(conn, verified)
                 if manifest.kind == "revocation":
                     records.record_revocation(conn, verified)
-                switched = None
+                switched = records.NOT_ACTIVATED
                 if make_active:
                     previous = records.set_active(conn, manifest.name, manifest.version)
                     switched = records.switched_from(previous)

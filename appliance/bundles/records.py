@@ -138,6 +138,7 @@ def record_install(conn: sqlite3.Connection, verified: VerifiedManifest) -> None
 
 SWITCHED_FROM = "switched from "  # an activation event's reason: the version active before it
 NOTHING = "nothing"  # ... when none was
+NOT_ACTIVATED = "installed, not activated"  # an install event's reason with --no-activate
 
 
 def switched_from(previous: str | None) -> str:

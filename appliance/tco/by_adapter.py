@@ -21,6 +21,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from appliance.bundles.records import NOT_ACTIVATED
 from appliance.home import Home
 from appliance.tco.ledger import TABLE
 
@@ -29,6 +30,7 @@ SELECT e.at, json_extract(b.manifest, '$.model.base'), b.name, b.version
 FROM bundle_events e JOIN bundles b ON b.digest = e.digest
 WHERE b.kind = 'adapter' AND e.outcome = 'accepted'
   AND e.action IN ('install', 'activate', 'rollback')
+  AND COALESCE(e.reason, '') != ?  -- an install with --no-activate switched nothing
 ORDER BY e.at, e.id
 """
 _REQUESTS = f"""
@@ -82,7 +84,7 @@ def _period(
 def by_adapter(conn: sqlite3.Connection, since: str | None = None) -> list[dict[str, Any]]:
     """Per model with an adapter history: its periods, oldest first (see the docstring)."""
     switches: dict[str, list[tuple[str, str]]] = {}
-    for at, base, name, version in _query(conn, _SWITCHES, ()):
+    for at, base, name, version in _query(conn, _SWITCHES, (NOT_ACTIVATED,)):
         if base:
             switches.setdefault(str(base), []).append((at, f"{name} {version}"))
     models = []
