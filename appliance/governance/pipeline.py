@@ -141,7 +141,8 @@ class Outcome:
             "model_version": version,
             "bundle_digest": digest,
             "sensitivity": self.classification.sensitivity,
-            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            # 4 significant digits: a first clause's least likely token can be 0.00003
+            "confidence": None if self.confidence is None else float(f"{self.confidence:.4g}"),
             "policy": policy_label,
         }
         if self.escalation_id is not None:

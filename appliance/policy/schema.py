@@ -183,7 +183,7 @@ class CascadeSettings(_Strict):
     confidence_measure: ConfidenceMeasure = "clause"  # see policies/README.md
     tail_percentile: float = Field(default=10.0, gt=0, le=50)  # percent, for "tail"
     first_tokens: int = Field(default=1, ge=1, le=64)  # k, for "first"
-    confidence_threshold: float = Field(default=0.25, ge=0, le=1)  # the local answer stands at/above
+    confidence_threshold: float = Field(default=0.25, ge=0, le=1)  # local answer stands at/above
     escalation: EscalationMode = "sync-if-online"
     when_blocked: WhenBlocked = "local"  # a low-confidence answer whose query may not leave
     # the share of confident local answers to queries that may leave which are also sent
