@@ -87,11 +87,9 @@ def source_for(home: Home, policy_file: str, active: tuple[str, str] | None) -> 
     return PolicySource(shipped_file(DEFAULT_POLICY_FILE), "default")
 
 
-def peek(home: Home, policy_file: str) -> PolicySummary:
-    """Name, digest and daily budget of the policy in force, state.db opened read-only.
-
-    Only TOML is parsed here; full validation is the daemon's (``governance.active``).
-    """
+def source_in_force(home: Home, policy_file: str) -> PolicySource:
+    """Where the policy in force comes from, with state.db opened read-only (sqlite3.Error
+    for an unusable one): an active policy bundle, else `policy_file`, else the default."""
     active = None
     if home.state_db.exists():
         conn = sqlite3.connect(f"file:{home.state_db}?mode=ro", uri=True, timeout=2.0)
@@ -100,6 +98,15 @@ def peek(home: Home, policy_file: str) -> PolicySummary:
         finally:
             conn.close()
     source = source_for(home, policy_file, active)
+    return source
+
+
+def peek(home: Home, policy_file: str) -> PolicySummary:
+    """Name, digest and daily budget of the policy in force, state.db opened read-only.
+
+    Only TOML is parsed here; full validation is the daemon's (``governance.active``).
+    """
+    source = source_in_force(home, policy_file)
     try:
         with source.path.open("rb") as f:
             raw = f.read(MAX_POLICY_BYTES + 1)

@@ -12,13 +12,12 @@ Imports only the standard library and ``policy_source`` (``appliance status`` st
 
 from __future__ import annotations
 
-import sqlite3
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.home import Home
-from appliance.policy_source import MAX_POLICY_BYTES, active_bundle, source_for
+from appliance.policy_source import MAX_POLICY_BYTES, source_in_force
 
 
 @dataclass(frozen=True)
@@ -94,14 +93,7 @@ def peek(home: Home, policy_file: str, configured: Iterable[str]) -> UpstreamNam
     Raises OSError, UnicodeDecodeError or tomllib.TOMLDecodeError for an unreadable policy
     (status reports that on its own), sqlite3.Error for an unusable state.db.
     """
-    active = None
-    if home.state_db.exists():
-        conn = sqlite3.connect(f"file:{home.state_db}?mode=ro", uri=True, timeout=2.0)
-        try:
-            active = active_bundle(conn)
-        finally:
-            conn.close()
-    source = source_for(home, policy_file, active)
+    source = source_in_force(home, policy_file)
     with source.path.open("rb") as f:
         data = tomllib.loads(f.read(MAX_POLICY_BYTES).decode("utf-8"))
     listed = data.get("upstreams")

@@ -37,7 +37,6 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, Literal
 
@@ -51,7 +50,7 @@ from appliance.bundles.installer import BundleManager
 from appliance.errors import ApplianceError, OutboxError, surface
 from appliance.home import Home
 from appliance.outbox import Outbox
-from appliance.outbox.model import FINISHED_STATES, OutboxItem
+from appliance.outbox.model import FINISHED_STATES, FinishedChoice, OutboxItem, StateChoice
 from appliance.settings import BundleLimits, ServerSettings, Settings
 from appliance.tokens import TokenStore
 
@@ -266,20 +265,6 @@ async def rollback_bundle(name: str, request: Request) -> dict[str, Any]:
 
 
 # -- outbox -----------------------------------------------------------------------------------
-
-
-class StateChoice(StrEnum):
-    queued = "queued"
-    sending = "sending"
-    done = "done"
-    failed = "failed"
-    expired = "expired"
-
-
-class FinishedChoice(StrEnum):
-    done = "done"
-    failed = "failed"
-    expired = "expired"
 
 
 def _summary(item: OutboxItem) -> dict[str, Any]:

@@ -7,7 +7,6 @@ box. `show` lists the placeholder names only.
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
 from typing import Any
 
 import typer
@@ -16,24 +15,10 @@ from rich.table import Table
 from appliance.cli.common import JSON_OPTION, console, home, print_json
 from appliance.errors import UsageError
 from appliance.outbox import Outbox, OutboxError
-from appliance.outbox.model import FINISHED_STATES
+from appliance.outbox.model import FINISHED_STATES, FinishedChoice, StateChoice
 from appliance.settings import load_settings
 
 app = typer.Typer(help="The store-and-forward queue of escalations.", no_args_is_help=True)
-
-
-class StateChoice(StrEnum):
-    queued = "queued"
-    sending = "sending"
-    done = "done"
-    failed = "failed"
-    expired = "expired"
-
-
-class FinishedChoice(StrEnum):
-    done = "done"
-    failed = "failed"
-    expired = "expired"
 
 
 def _open() -> Outbox:

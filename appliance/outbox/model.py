@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from appliance.clock import format_precise
@@ -24,6 +25,24 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 STATES: tuple[str, ...] = OUTBOX_STATES
 LIVE_STATES: tuple[str, ...] = OUTBOX_LIVE_STATES  # those that count against the cap
 FINISHED_STATES: tuple[str, ...] = ("done", "failed", "expired")
+
+
+class StateChoice(StrEnum):
+    """A state as the CLI and the admin API take it (``--state``, ``?state=``)."""
+
+    queued = "queued"
+    sending = "sending"
+    done = "done"
+    failed = "failed"
+    expired = "expired"
+
+
+class FinishedChoice(StrEnum):
+    """A state a purge may remove: FINISHED_STATES."""
+
+    done = "done"
+    failed = "failed"
+    expired = "expired"
 
 
 def fmt_time(moment: datetime) -> str:
