@@ -163,7 +163,7 @@ def test_a_healthy_daemon_says_so_and_the_cli_shows_the_same_document(
     daemon: Daemon, monkeypatch, capsys
 ):
     code, doc = _status(daemon.home, monkeypatch, capsys, "--url", daemon.url)
-    assert (code, doc["health"], doc["problems"]) == (0, "healthy", [])
+    assert (code, doc["health"], doc["problems"]) == (0, "healthy", []), _problems(doc)
     assert doc["daemon"]["up"] is True and doc["daemon"]["pid"] == os.getpid()
     assert doc["daemon"]["rss_bytes"] > 200 * 1024 * 1024  # the model is in there
     [model] = doc["models"]
