@@ -162,6 +162,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def test_a_healthy_daemon_says_so_and_the_cli_shows_the_same_document(
     daemon: Daemon, monkeypatch, capsys
 ):
+    # This machine's own state is not under test here (its findings have their own tests
+    # below): a shared CI disk that is nearly full, or a busy host, must not fail it.
+    monkeypatch.setattr(advice, "DISK_FREE_MIN_PERCENT", 0.0)
+    monkeypatch.setattr(advice, "DISK_FREE_MIN_BYTES", 0)
+    monkeypatch.setattr(advice, "MEMORY_USED_MAX_PERCENT", 101.0)
+    monkeypatch.setattr(advice, "HOT_CELSIUS", 1000.0)
     code, doc = _status(daemon.home, monkeypatch, capsys, "--url", daemon.url)
     assert (code, doc["health"], doc["problems"]) == (0, "healthy", []), _problems(doc)
     assert doc["daemon"]["up"] is True and doc["daemon"]["pid"] == os.getpid()
