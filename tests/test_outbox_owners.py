@@ -35,11 +35,16 @@ def _dead_pid() -> int:
 
 
 def _owner(
-    pid: int, token: str = "feedc0de", boot: str | None = None, host: str | None = None
+    pid: int,
+    token: str = "feedc0de",
+    boot: str | None = None,
+    host: str | None = None,
+    namespace: str | None = None,
 ) -> str:
     boot = owners._boot_id() if boot is None else boot
     host = owners._host() if host is None else host
-    return f"daemon-{pid}-{token}@{host}/{boot}"
+    namespace = owners._pid_namespace() if namespace is None else namespace
+    return f"daemon-{pid}-{token}@{host}/{boot}.{namespace}"
 
 
 def test_this_process_and_living_processes_are_not_gone():
@@ -72,6 +77,13 @@ def test_owners_that_cannot_be_judged_wait_for_their_lease(owner: str):
 def test_another_host_is_never_judged():
     assert not owners.is_gone(_owner(_dead_pid(), host="another-box"))
     assert not owners.is_gone(_owner(_dead_pid(), host="another-box", boot="00000000"))
+
+
+def test_another_pid_namespace_is_never_judged():
+    """A container sharing the state file counts its own pids: an absent pid says nothing."""
+    assert not owners.is_gone(_owner(_dead_pid(), namespace="1"))
+    assert not owners.is_gone(_owner(os.getpid(), token="0ther000", namespace="1"))
+    assert owners.is_gone(_owner(_dead_pid(), namespace="1", boot="00000000"))  # rebooted
 
 
 @pytest.fixture
