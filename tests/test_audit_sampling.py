@@ -8,7 +8,6 @@ every local answer is confident: only audit sampling can send anything upstream.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from appliance.outbox import Outbox, OutboxItem
 from appliance.settings import Settings, SyncSettings, UpstreamSettings
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import wait_until
 
 EMAIL = "ines.okafor@example.net"
 POLICY = """
@@ -128,13 +128,6 @@ def _last_reasons(daemon: Daemon) -> list[str]:
     return list(read_audit(daemon.home, limit=1)[0]["reasons"])
 
 
-def _wait(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_an_audit_sample_leaves_the_device_answer_alone_and_is_nobodys_escalation(
     daemon: Daemon, use_policy
 ):
@@ -155,7 +148,7 @@ def test_an_audit_sample_leaves_the_device_answer_alone_and_is_nobodys_escalatio
     assert any(r.startswith(f"audit sample {item.id} queued") for r in _last_reasons(daemon))
     # it is sent in the background, paid and answered, and shown to no device
     outbox: Outbox = daemon.app.state.outbox
-    _wait(lambda: outbox.counts()["done"] >= 1 and outbox.get(item.id).state == "done")
+    wait_until(lambda: outbox.counts()["done"] >= 1 and outbox.get(item.id).state == "done")
     assert outbox.result(item.id) is not None and outbox.result(item.id).cost_usd > 0
     device = httpx.get(
         f"{daemon.url}/v1/escalations/{item.id}",
@@ -175,7 +168,7 @@ def test_a_redacted_query_is_sampled_as_it_would_leave_and_keeps_no_map(daemon: 
     assert EMAIL not in (item.local_answer or "")
     assert daemon.app.state.outbox.mapping(item.id) == {}  # never re-hydrated for anyone
     outbox: Outbox = daemon.app.state.outbox
-    _wait(lambda: outbox.get(item.id).state == "done")
+    wait_until(lambda: outbox.get(item.id).state == "done")
     admin = httpx.get(
         f"{daemon.url}/v1/escalations/{item.id}",
         headers={"Authorization": f"Bearer {daemon.admin_token}"},

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from appliance.settings import OutboxSettings, Settings, SyncSettings, UpstreamS
 from appliance.status import document, render
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
-from tests.helpers import make_key
+from tests.helpers import make_key, wait_until
 from tests.onnx_models import write_embedding_source
 
 POLICY = """
@@ -383,13 +382,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iter
     d.server.stop()
 
 
-def _wait(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _complete(daemon: Daemon, prompt: str) -> httpx.Response:
     return httpx.post(
         f"{daemon.url}/v1/completions",
@@ -411,7 +403,7 @@ def test_calibrate_recommends_the_threshold_the_daemons_pairs_imply(
     # the upstream is down, so every escalation and audit sample waits in the outbox until
     # the test knows the local answers and tells the stand-in which to agree with
     fake.down()
-    _wait(lambda: not monitor.is_up("cloud"))
+    wait_until(lambda: not monitor.is_up("cloud"), timeout=60.0)
     local = {}
 
     def ask(prompts: list[str], threshold: float, route: str) -> None:
@@ -442,7 +434,7 @@ def test_calibrate_recommends_the_threshold_the_daemons_pairs_imply(
         else "something else entirely"
     )
     fake.up()
-    _wait(lambda: outbox.counts()["done"] == len(items))
+    wait_until(lambda: outbox.counts()["done"] == len(items), timeout=60.0)
     # the audit samples were paid and ledgered like any escalation
     governor.ledger.flush()
     with sqlite3.connect(daemon.home.state_db) as conn:

@@ -40,6 +40,7 @@ from appliance.settings import (
 from appliance.state import utc_now
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import wait_until
 
 DEVICE_WAIT_S = 8.0  # server.request_timeout_s: how long a device waits for an answer
 CLIENT_TIMEOUT_S = 12.0  # sync.request_timeout_s: the upstream client's own deadline
@@ -95,7 +96,7 @@ def fake() -> Iterator[FakeUpstream]:
 def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("once")
     d = start_daemon(root / "home", gemma_source(root), _settings(fake, root))
-    _wait(lambda: d.app.state.forwarding.monitor.is_up("cloud"))
+    wait_until(lambda: d.app.state.forwarding.monitor.is_up("cloud"))
     yield d
     d.server.stop()
 
@@ -104,13 +105,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iter
 def _no_latency(fake: FakeUpstream) -> Iterator[None]:
     yield
     fake.latency_s = 0.0
-
-
-def _wait(condition: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _ask(daemon: Daemon, text: str, escalate: str) -> httpx.Response:
@@ -180,7 +174,7 @@ def test_an_answer_slower_than_the_device_waits_lands_once(daemon, fake):
     assert response.status_code == 200
     assert response.headers["X-Appliance-Route"] == "queued"  # the local answer, now
     ident = response.headers["X-Appliance-Escalation-Id"]
-    _wait(lambda: _state(daemon, ident) == "done")
+    wait_until(lambda: _state(daemon, ident) == "done")
     time.sleep(0.5)
     assert _sent_per_key(fake)[ident] == 1  # not cancelled, not sent again by the drain
     assert [route for route, _ in _ledger_rows(daemon, ident)] == ["upstream"]
@@ -191,7 +185,7 @@ def test_a_request_that_times_out_is_retried_once_and_both_are_in_the_ledger(dae
     response = _ask(daemon, "Which pump is loud?", "prefer")
     assert response.headers["X-Appliance-Route"] == "queued"
     ident = response.headers["X-Appliance-Escalation-Id"]
-    _wait(lambda: _state(daemon, ident) == "done", timeout=CLIENT_TIMEOUT_S + 20)
+    wait_until(lambda: _state(daemon, ident) == "done", timeout=CLIENT_TIMEOUT_S + 20)
     time.sleep(0.5)
     assert _sent_per_key(fake)[ident] == 2  # the timed-out attempt and one retry
     rows = _ledger_rows(daemon, ident)
@@ -227,7 +221,7 @@ def test_a_full_outbox_never_gives_a_500(
     settings = _settings(fake, root, max_items=2)
     daemon = start_daemon(root / "home", gemma_source(root), settings)
     try:
-        _wait(lambda: daemon.app.state.forwarding.monitor.is_up("cloud"))
+        wait_until(lambda: daemon.app.state.forwarding.monitor.is_up("cloud"))
         with Outbox(daemon.home, settings.outbox) as outbox:  # kept for an absent upstream
             outbox.enqueue_many([_filler("elsewhere"), _filler("elsewhere")])
         before = sum(_sent_per_key(fake).values())
@@ -256,7 +250,7 @@ def test_a_restart_with_a_send_in_flight_sends_it_at_most_once_more(
     source = gemma_source(root)
     first = start_daemon(root / "home", source, settings)
     try:
-        _wait(lambda: first.app.state.forwarding.monitor.is_up("cloud"))
+        wait_until(lambda: first.app.state.forwarding.monitor.is_up("cloud"))
         fake.timeout(60)  # read, never answered while the first daemon lives
         response = _ask(first, "Is the boiler warm?", "prefer")
         assert response.headers.get("X-Appliance-Route") == "queued", response.text
@@ -270,7 +264,7 @@ def test_a_restart_with_a_send_in_flight_sends_it_at_most_once_more(
     second = Daemon(first.home, app, BackgroundServer(app), first.infer_token)
     second.server.start()
     try:
-        _wait(lambda: _state(second, ident) == "done")
+        wait_until(lambda: _state(second, ident) == "done")
         time.sleep(0.5)
         assert _sent_per_key(fake)[ident] == 2
         assert [route for route, _ in _ledger_rows(second, ident)] == [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from appliance.settings import Settings, SyncSettings, UpstreamSettings
 from appliance.tokens import TokenStore
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import FakeUpstream
+from tests.helpers import wait_until
 
 EMAIL = "ana.ruiz@example.com"
 PROMPT = f"Write to {EMAIL} that the crane is fixed."
@@ -62,13 +62,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iter
     d.server.stop()
 
 
-def _wait(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _chat(daemon: Daemon, token: str) -> httpx.Response:
     return httpx.post(
         f"{daemon.url}/v1/chat/completions",
@@ -88,7 +81,7 @@ def _escalation(daemon: Daemon, ident: str, token: str) -> httpx.Response:
 
 def test_escalated_now_queued_when_down_and_delivered_when_back(daemon: Daemon, fake: FakeUpstream):
     monitor = daemon.app.state.forwarding.monitor
-    _wait(lambda: monitor.is_up("cloud"))
+    wait_until(lambda: monitor.is_up("cloud"), timeout=15.0)
     now = _chat(daemon, daemon.infer_token)
     assert now.headers["X-Appliance-Route"] == "escalated"
     assert (
@@ -99,7 +92,7 @@ def test_escalated_now_queued_when_down_and_delivered_when_back(daemon: Daemon, 
     assert EMAIL not in str(sent[-1].body) and "<EMAIL_1>" in str(sent[-1].body)
 
     fake.down()
-    _wait(lambda: not monitor.is_up("cloud"))
+    wait_until(lambda: not monitor.is_up("cloud"), timeout=15.0)
     queued = _chat(daemon, daemon.infer_token)
     assert queued.headers["X-Appliance-Route"] == "queued"
     ident = queued.headers["X-Appliance-Escalation-Id"]
@@ -107,7 +100,10 @@ def test_escalated_now_queued_when_down_and_delivered_when_back(daemon: Daemon, 
     assert pending["state"] in ("queued", "sending") and "answer" not in pending
 
     fake.up()
-    _wait(lambda: _escalation(daemon, ident, daemon.infer_token).json()["state"] == "done")
+    wait_until(
+        lambda: _escalation(daemon, ident, daemon.infer_token).json()["state"] == "done",
+        timeout=15.0,
+    )
     done = _escalation(daemon, ident, daemon.infer_token).json()
     assert done["answer"]["content"] == f"upstream: Write to {EMAIL} that the crane is fixed."
     assert done["answer"]["usage"]["total_tokens"] > 0

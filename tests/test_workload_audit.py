@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from appliance.workload.rules import (
 )
 from tests.daemon import MODEL, Daemon, gemma_source, start_daemon
 from tests.fake_upstream import COMPLETION_TOKENS, PROMPT_TOKENS, FakeUpstream
+from tests.helpers import wait_until
 
 POLICY = """
 schema = 1
@@ -156,13 +156,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iter
     d.server.stop()
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def _count(home: Home, sql: str) -> int:
     with sqlite3.connect(f"file:{home.state_db}?mode=ro", uri=True) as conn:
         return int(conn.execute(sql).fetchone()[0])
@@ -172,7 +165,7 @@ def _count(home: Home, sql: str) -> int:
 def sent(daemon: Daemon) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Drive every cell's requests through the daemon; per cell, each request's id and
     route as the device saw them."""
-    _wait(lambda: daemon.app.state.forwarding.monitor.is_up("cloud"))
+    wait_until(lambda: daemon.app.state.forwarding.monitor.is_up("cloud"))
     tokens = {"edge-device": daemon.infer_token}
     tokens["lab-device"] = TokenStore(daemon.home).create("lab-device", "infer")
     out: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -196,13 +189,13 @@ def sent(daemon: Daemon) -> dict[tuple[str, str], list[dict[str, Any]]]:
     total = sum(n for _, _, n in CELLS.values())
     escalated = sum(n for (s, _), (_, _, n) in CELLS.items() if s != "secret")
     # audit and ledger rows are committed off the request path
-    _wait(lambda: _count(daemon.home, "SELECT COUNT(*) FROM audit") == total)
-    _wait(
+    wait_until(lambda: _count(daemon.home, "SELECT COUNT(*) FROM audit") == total)
+    wait_until(
         lambda: (
             _count(daemon.home, "SELECT COUNT(*) FROM tco_ledger WHERE kind = 'request'") == total
         )
     )
-    _wait(
+    wait_until(
         lambda: (
             _count(daemon.home, "SELECT COUNT(*) FROM tco_ledger WHERE kind = 'upstream'")
             == escalated
