@@ -170,6 +170,11 @@ class Settings(_Strict):
     # the policy file when no policy bundle is active; "" = the packaged policies/default.toml
     policy_file: str = ""
 
+    def trainable_upstreams(self) -> list[str]:
+        """The upstreams whose answers are golden (``trainable = true``): what `distill
+        export` takes, and what a purge keeps unless told."""
+        return [u.name for u in self.upstreams if u.trainable]
+
 
 def _describe(error: ValidationError, source: Path) -> str:
     problems = []

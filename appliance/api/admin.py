@@ -338,7 +338,7 @@ async def purge_outbox(
     chosen = sorted({s.value for s in state}) if state else sorted(FINISHED_STATES)
     settings: Settings = request.app.state.settings
     # as `appliance outbox purge`: the golden answers distillation wants stay unless told
-    keep = [] if include_golden else [u.name for u in settings.upstreams if u.trainable]
+    keep = [] if include_golden else settings.trainable_upstreams()
     purged = await asyncio.to_thread(
         _outbox_call, request, lambda o: o.purge(chosen, keep_golden=keep)
     )

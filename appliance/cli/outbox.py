@@ -29,7 +29,7 @@ def _open() -> Outbox:
 def _trainable() -> list[str]:
     """The upstreams whose answers `distill export` takes (``trainable = true``)."""
     h = home()
-    return [u.name for u in load_settings(h.config_file).upstreams if u.trainable]
+    return load_settings(h.config_file).trainable_upstreams()
 
 
 @app.command("list")

@@ -120,7 +120,7 @@ def build(
     """The audit document over the decisions at or after `since`, by cell."""
     rules = rules or Rules()
     context = Context.of(policy, settings)
-    trainable = frozenset(u.name for u in settings.upstreams if u.trainable)
+    trainable = frozenset(settings.trainable_upstreams())
     found = cells(governed.read(home.state_db, since), trainable, split)
     entries = [_cell(c, context, rules, split) for c in found]
     _note_class_wide(entries, split)
